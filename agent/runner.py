@@ -1,0 +1,221 @@
+"""The gateway agent: poll devices on schedule, detect charging, publish over MQTT.
+
+One asyncio task per bus, so one request at a time per bus and a dead bus never touches
+another.  Within a bus, devices are polled in order of their due time; a device that stops
+answering is retried after an exponentially growing pause (capped at
+``AgentConfig.max_backoff_s``), so on a shared bus it costs the others at most one timeout
+per retry.  Due times advance by whole intervals from the schedule, not from when a read
+finished, so polling does not drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.config import AgentConfig, DeviceSettings
+from agent.publisher import Publisher
+from agent.schema import AlertMsg, TelemetryMsg, alert_topic, telemetry_topic
+from detectors import ChargingSession, StreamingDetector
+from drivers import DeviceSpec, DriverError, ModbusTcpBus, Reading
+from flylead.clock import Clock
+
+log = logging.getLogger("flylead.agent")
+
+
+@dataclass
+class DeviceState:
+    """Schedule and health of one device."""
+
+    settings: DeviceSettings
+    next_due: float = 0.0
+    failures: int = 0
+    polls: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    poll_times: list[float] = field(default_factory=list)  # clock s of successful reads (bounded)
+
+    MAX_KEPT_TIMES = 10_000
+
+
+@dataclass
+class HouseholdState:
+    """Charging detection for one household."""
+
+    detector: StreamingDetector
+    open_alert_id: str | None = None
+    open_start: float | None = None
+
+
+class Agent:
+    """Polls the configured devices and publishes what it sees.
+
+    Args:
+        config: validated agent configuration.
+        clock: shared clock (wall clock in production).
+        publisher: connected :class:`~agent.publisher.Publisher`.
+        on_reading: optional hook called with each successful reading (tests, demo).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        clock: Clock,
+        publisher: Publisher,
+        *,
+        on_reading: Callable[[Reading], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.publisher = publisher
+        self.on_reading = on_reading
+        self.devices = {d.name: DeviceState(d) for d in config.devices}
+        self.households: dict[str, HouseholdState] = {}
+        for dev in config.devices:
+            if dev.household and dev.household not in self.households:
+                self.households[dev.household] = HouseholdState(StreamingDetector(tz=config.tz))
+        self._buses: dict[str, ModbusTcpBus] = {}
+
+    # ---------------------------------------------------------------- polling
+    async def run(self, until: float | None = None) -> None:
+        """Poll until the clock reads ``until`` (UTC epoch s), or forever if None."""
+        now = self.clock.now()
+        for state in self.devices.values():
+            state.next_due = now
+        tasks = []
+        for bus in self.config.buses:
+            host, port = bus.host_port
+            self._buses[bus.name] = ModbusTcpBus(
+                host, port, clock=self.clock, name=bus.name, pause_s=bus.pause_s
+            )
+            members = [s for s in self.devices.values() if s.settings.bus == bus.name]
+            if members:
+                tasks.append(asyncio.create_task(self._poll_bus(bus.name, members, until)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for b in self._buses.values():
+                await b.close()
+            if until is not None:
+                self._flush_detectors()
+
+    async def _poll_bus(self, bus_name: str, members: list[DeviceState], until: float | None) -> None:
+        bus = self._buses[bus_name]
+        while until is None or self.clock.now() < until:
+            state = min(members, key=lambda s: s.next_due)
+            if until is not None and state.next_due >= until:
+                await self.clock.sleep_until(until)
+                break
+            await self.clock.sleep_until(state.next_due)
+            await self._poll_device(bus, state)
+
+    async def _poll_device(self, bus: ModbusTcpBus, state: DeviceState) -> None:
+        dev = state.settings
+        spec = DeviceSpec(
+            name=dev.name, profile=dev.profile, device_id=dev.device_id,
+            timeout_s=dev.timeout_s, retries=dev.retries,
+        )
+        state.polls += 1
+        try:
+            reading = await bus.read(spec)
+        except DriverError as exc:
+            kind = type(exc).__name__
+            state.errors[kind] = state.errors.get(kind, 0) + 1
+            state.failures += 1
+            backoff = min(dev.interval_s * 2 ** (state.failures - 1), self.config.max_backoff_s)
+            state.next_due = self.clock.now() + backoff
+            log.warning("%s: %s (retry in %.0f s)", dev.name, exc, backoff)
+            return
+        except Exception:  # a bug in one device's path must not stop the bus
+            log.exception("%s: unexpected error while polling", dev.name)
+            state.failures += 1
+            state.next_due = self.clock.now() + self.config.max_backoff_s
+            return
+        state.failures = 0
+        state.ok += 1
+        if len(state.poll_times) < state.MAX_KEPT_TIMES:
+            state.poll_times.append(reading.t)
+        # next slot on the schedule grid strictly after now: no drift, no burst after a stall
+        now = self.clock.now()
+        missed = max(0, math.floor((now - state.next_due) / dev.interval_s))
+        state.next_due += (missed + 1) * dev.interval_s
+        self._handle_reading(dev, reading, state.ok)
+
+    # ------------------------------------------------------------ processing
+    def _handle_reading(self, dev: DeviceSettings, reading: Reading, ok_count: int) -> None:
+        if self.on_reading is not None:
+            self.on_reading(reading)
+        if not reading.values:
+            return
+        if (ok_count - 1) % self.config.telemetry_every == 0:
+            self.publisher.publish(
+                telemetry_topic(self.config.gateway, dev.name),
+                TelemetryMsg(
+                    msg_id=self.publisher.next_msg_id(), gateway=self.config.gateway,
+                    ts=reading.t, device=dev.name, household=dev.household,
+                    values=reading.values,
+                ),
+            )
+        if dev.household and "active_power" in reading.values:
+            hh = self.households[dev.household]
+            ended = hh.detector.update(reading.t, reading.values["active_power"])
+            for session in ended:
+                self._publish_session(dev, hh, session, closed=True)
+            active = hh.detector.active
+            if active is not None and hh.open_alert_id is None:
+                self._publish_session(dev, hh, active, closed=False)
+
+    def _publish_session(
+        self, dev: DeviceSettings, hh: HouseholdState, session: ChargingSession, *, closed: bool
+    ) -> None:
+        household = dev.household or dev.name
+        if hh.open_alert_id is not None and closed:
+            alert_id = hh.open_alert_id
+        else:
+            alert_id = f"{self.config.gateway}:{household}:{int(session.start)}"
+        self.publisher.publish(
+            alert_topic(self.config.gateway, household),
+            AlertMsg(
+                msg_id=self.publisher.next_msg_id(),
+                gateway=self.config.gateway,
+                ts=self.clock.now(),
+                alert_id=alert_id,
+                kind="ebike_charging",
+                state="closed" if closed else "open",
+                household=household,
+                device=dev.name,
+                start=session.start,
+                end=session.end if closed else None,
+                energy_kwh=round(session.energy_kwh, 4),
+                peak_w=round(session.peak_w, 1),
+                confidence=round(min(max(session.confidence, 0.0), 1.0), 3),
+                profile=session.profile,
+                detail=_evidence_text(session),
+            ),
+        )
+        hh.open_alert_id = None if closed else alert_id
+        log.info("%s charging alert %s for %s", "closed" if closed else "open", alert_id, household)
+
+    def _flush_detectors(self) -> None:
+        """End of a bounded run: close sessions still in progress."""
+        by_household = {d.household: d for d in self.config.devices if d.household}
+        for household, hh in self.households.items():
+            for session in hh.detector.flush():
+                self._publish_session(by_household[household], hh, session, closed=True)
+
+    def health(self) -> dict[str, dict[str, float | int]]:
+        """Per-device counters: polls, ok, consecutive failures, errors by kind."""
+        return {
+            name: {"polls": s.polls, "ok": s.ok, "failures": s.failures, **s.errors}
+            for name, s in self.devices.items()
+        }
+
+
+def _evidence_text(session: ChargingSession) -> str:
+    parts = [f"{k}={v:.3g}" for k, v in sorted(session.evidence.items())]
+    return "; ".join(parts)[:500]
