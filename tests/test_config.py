@@ -1,0 +1,65 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "docs" / "example-compound.toml"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flylead.cli", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_example_configuration_is_valid():
+    cfg = load_config(EXAMPLE)
+    assert cfg.gateway == "gw-sunrise-01"
+    assert [d.name for d in cfg.devices] == ["meter-b3-101", "meter-b3-102"]
+    assert cfg.buses[0].host_port == ("127.0.0.1", 5020)
+    assert cfg.devices[1].profile == "ddsu666" and cfg.devices[1].device_id == 2
+
+
+def test_check_config_exit_codes(tmp_path):
+    ok = run_cli("check-config", str(EXAMPLE))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok (gateway gw-sunrise-01, 1 buses, 2 devices)" in ok.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.read_text().replace("device_id = 2", "device_id = 300"))
+    res = run_cli("check-config", str(bad))
+    assert res.returncode == 2
+    assert f"{bad}: devices.1.device_id: Input should be less than or equal to 247" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("gateway = 'gw1'\nbuses = [\n", "not valid TOML"),
+        ("gateway = 'gw 1'\nbuses = []\ndevices = []\n", "gateway: String should match pattern"),
+        ("gateway = 'gw1'\nbuses = []\ndevices = [{name='m1', bus='nope', profile='sdm120'}]\n",
+         "devices[0] (m1): unknown bus 'nope'"),
+        ("gateway = 'gw1'\nbuses = []\ndevices = []\ncolour = 'red'\n", "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_config_errors_name_file_key_and_problem(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("/nonexistent/flylead.toml")
+
+
+def test_duplicate_device_names():
+    with pytest.raises(ConfigError, match="device names must be unique"):
+        parse_config({"gateway": "g", "buses": [{"name": "b", "tcp": "127.0.0.1:502"}],
+                      "devices": [{"name": "m", "bus": "b", "profile": "sdm120"}] * 2})

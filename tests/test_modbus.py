@@ -1,0 +1,445 @@
+"""ModbusTcpBus against real pymodbus servers (MeterServer) over TCP on 127.0.0.1, no mocks.
+
+Expected values are the float32 of the trace's values (the wire type of both profiles),
+domain-facts.md §5; DDSU666 power travels in kW (FC-046).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from drivers import (
+    DecodeError,
+    DeviceException,
+    DeviceSpec,
+    DeviceTimeout,
+    DriverError,
+    ModbusTcpBus,
+)
+from flylead.clock import SimClock
+from simulators.meter import MeterServer
+from simulators.trace import LoadTrace
+
+pytestmark = pytest.mark.timeout(30)
+
+START = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+SPEED = 3600.0  # one simulated hour per real second
+P_W, V_V, PF = 1234.5, 230.0, 0.9
+
+
+def f32(value: float) -> float:
+    return struct.unpack(">f", struct.pack(">f", value))[0]
+
+
+def constant_trace(household: str = "h01", power: float = P_W) -> LoadTrace:
+    n = 2 * 1440  # two days of minutes
+    return LoadTrace(
+        household,
+        START,
+        60.0,
+        np.full(n, power),
+        voltage_v=np.full(n, V_V),
+        power_factor=np.full(n, PF),
+    )
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def serve(meters, profile="sdm120"):
+    clock = SimClock(START, speed=SPEED)
+    server = MeterServer(meters, profile=profile, clock=clock)
+    await server.start()
+    bus = ModbusTcpBus("127.0.0.1", server.port, clock=clock, name="test-bus")
+    return clock, server, bus
+
+
+def assert_energy_bracketed(reading, trace, clock):
+    """The meter computed energy at some clock time in [t, t + latency]: bracket it."""
+    lo = trace.at(reading.t)["energy_import"]
+    hi = trace.at(reading.t + reading.latency_s * clock.speed)["energy_import"]
+    eps = 1e-6 * max(1.0, hi)  # float32 relative precision, generously
+    assert lo - eps <= reading.values["energy_import"] <= hi + eps
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+def test_read_sdm120_exact_values_and_energy_integrates():
+    trace = constant_trace()
+
+    async def main():
+        clock, server, bus = await serve({1: trace})
+        try:
+            device = DeviceSpec("meter-h01", "sdm120", device_id=1)
+            first = await bus.read(device)
+            await asyncio.sleep(0.25)
+            second = await bus.read(device)
+            return clock, server, first, second
+        finally:
+            await bus.close()
+            await server.stop()
+
+    clock, server, first, second = run(main())
+    s = P_W / PF
+    q = (s * s - P_W * P_W) ** 0.5
+    v = first.values
+    assert v["voltage"] == 230.0
+    assert v["active_power"] == 1234.5
+    assert v["power_factor"] == f32(0.9)
+    assert v["frequency"] == 50.0
+    assert v["current"] == f32(s / V_V)
+    assert v["apparent_power"] == f32(s)
+    assert v["reactive_power"] == f32(q)
+    assert v["energy_export"] == 0.0
+    assert set(v) == {
+        "voltage", "current", "active_power", "apparent_power", "reactive_power",
+        "power_factor", "frequency", "energy_import", "energy_export", "energy_total",
+    }
+    assert first.device == "meter-h01"
+    assert START <= first.t < second.t
+    assert 0 < first.latency_s < 0.25
+    # energy: integrated from the trace at the clock's time of each answer
+    for reading in (first, second):
+        assert_energy_bracketed(reading, trace, clock)
+    expected = P_W * (second.t - first.t) / 3.6e6
+    slack = P_W * (first.latency_s + second.latency_s) * SPEED / 3.6e6 + 1e-6
+    gained = second.values["energy_import"] - first.values["energy_import"]
+    assert gained == pytest.approx(expected, abs=slack)
+    assert gained > 0.07  # >= 0.25 real s at 3600x: >= 0.0857 kWh at 1234.5 W
+    assert server.requests == {1: 4}  # two planned reads per SDM120 poll
+
+
+def test_read_ddsu666_kw_to_w():
+    trace = constant_trace()
+
+    async def main():
+        clock, server, bus = await serve({7: trace}, profile="ddsu666")
+        try:
+            return clock, server, await bus.read(DeviceSpec("meter-h07", "ddsu666", device_id=7))
+        finally:
+            await bus.close()
+            await server.stop()
+
+    clock, server, reading = run(main())
+    s = P_W / PF
+    q = (s * s - P_W * P_W) ** 0.5
+    v = reading.values
+    assert v["active_power"] == f32(P_W / 1000.0) * 1000.0  # kW on the wire
+    assert v["active_power"] == pytest.approx(1234.5, abs=1e-3)
+    assert v["reactive_power"] == f32(q / 1000.0) * 1000.0
+    assert v["voltage"] == 230.0
+    assert v["current"] == f32(s / V_V)
+    assert v["power_factor"] == f32(0.9)
+    assert v["frequency"] == 50.0
+    assert v["energy_export"] == 0.0
+    assert "apparent_power" not in v and "energy_total" not in v  # not in the DDSU666 map
+    assert_energy_bracketed(reading, trace, clock)
+    assert server.requests == {7: 5}
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+def test_silent_device_times_out_without_hidden_retries():
+    async def main():
+        clock, server, bus = await serve({3: constant_trace()})
+        server.set_fault(3, "silent")
+        try:
+            await bus.connect()
+            t0 = time.monotonic()
+            with pytest.raises(DeviceTimeout) as info:
+                await bus.read(DeviceSpec("meter-h03", "sdm120", device_id=3, timeout_s=0.3))
+            return time.monotonic() - t0, info.value, dict(server.requests), bus.port
+        finally:
+            await bus.close()
+            await server.stop()
+
+    elapsed, error, requests, port = run(main())
+    assert 0.3 <= elapsed < 0.3 + 0.2
+    assert str(error).startswith(
+        f"meter-h03 (device id 3 at 127.0.0.1:{port}): no answer in 0.3 s"
+    )
+    assert "0x0000" in str(error)
+    assert requests == {3: 1}  # one attempt: pymodbus did not retry behind our back
+
+
+def test_retries_cost_one_timeout_each():
+    async def main():
+        clock, server, bus = await serve({3: constant_trace()})
+        server.set_fault(3, "silent")
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(DeviceTimeout):
+                await bus.read(
+                    DeviceSpec("meter-h03", "sdm120", device_id=3, timeout_s=0.2, retries=2)
+                )
+            return time.monotonic() - t0, dict(server.requests)
+        finally:
+            await bus.close()
+            await server.stop()
+
+    elapsed, requests = run(main())
+    assert requests == {3: 3}
+    assert 0.6 <= elapsed < 0.6 + 0.3
+
+
+def test_exception_response_is_device_exception_code_4():
+    async def main():
+        clock, server, bus = await serve({2: constant_trace()})
+        server.set_fault(2, "exception")
+        try:
+            with pytest.raises(DeviceException) as info:
+                await bus.read(DeviceSpec("meter-h02", "sdm120", device_id=2))
+            return info.value
+        finally:
+            await bus.close()
+            await server.stop()
+
+    error = run(main())
+    assert error.code == 4
+    assert "meter-h02 (device id 2 at 127.0.0.1:" in str(error)
+    assert "exception 4 (server device failure)" in str(error)
+
+
+def test_unknown_device_id_is_gateway_exception_11():
+    async def main():
+        clock, server, bus = await serve({1: constant_trace()})
+        try:
+            with pytest.raises(DeviceException) as info:
+                await bus.read(DeviceSpec("meter-h09", "sdm120", device_id=9))
+            return info.value
+        finally:
+            await bus.close()
+            await server.stop()
+
+    assert run(main()).code == 11
+
+
+def test_wrong_profile_for_device_is_an_error_not_values():
+    # a DDSU666 profile aimed at an SDM120: nothing at 0x2000, illegal data address
+    async def main():
+        clock, server, bus = await serve({1: constant_trace()})
+        try:
+            with pytest.raises(DeviceException) as info:
+                await bus.read(DeviceSpec("meter-h01", "ddsu666", device_id=1))
+            return info.value
+        finally:
+            await bus.close()
+            await server.stop()
+
+    assert run(main()).code == 2
+
+
+def test_silent_device_does_not_stall_the_bus_and_recovers():
+    traces = {i: constant_trace(f"h0{i}", power=100.0 * i) for i in (1, 2, 3)}
+    timeout = 0.5
+
+    async def main():
+        clock, server, bus = await serve(traces)
+        devices = [
+            DeviceSpec(f"meter-h0{i}", "sdm120", device_id=i, timeout_s=timeout) for i in (1, 2, 3)
+        ]
+        try:
+            await bus.connect()
+            # normal cycle time, for the bound
+            t0 = time.monotonic()
+            for device in devices:
+                await bus.read(device)
+            normal = time.monotonic() - t0
+
+            server.set_fault(2, "silent")
+            results = {}
+            t0 = time.monotonic()
+            for device in devices:
+                try:
+                    results[device.device_id] = await bus.read(device)
+                except DeviceTimeout as exc:
+                    results[device.device_id] = exc
+            faulty = time.monotonic() - t0
+
+            server.set_fault(2, None)
+            recovered = await bus.read(devices[1])
+            return normal, faulty, results, recovered
+        finally:
+            await bus.close()
+            await server.stop()
+
+    normal, faulty, results, recovered = run(main())
+    assert results[1].values["active_power"] == 100.0
+    assert isinstance(results[2], DeviceTimeout)
+    assert "meter-h02 (device id 2" in str(results[2])
+    assert results[3].values["active_power"] == 300.0
+    assert faulty < timeout + normal + 0.3
+    assert recovered.values["active_power"] == 200.0
+
+
+async def raw_gateway(answer):
+    """A hand-written Modbus TCP server (asyncio streams, no pymodbus) for misbehaving
+    gateways.  ``answer(n, count)`` gets the request's number across all connections
+    (1-based) and register count, and returns (delay in s, registers to send)."""
+    served = 0
+
+    async def handle(reader, writer):
+        nonlocal served
+        try:
+            while True:
+                tid, _pid, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                fc, _addr, count = struct.unpack(">BHH", await reader.readexactly(length - 1))
+                served += 1
+                delay, regs = answer(served, count)
+                await asyncio.sleep(delay)
+                body = struct.pack(f">BB{len(regs)}H", fc, 2 * len(regs), *regs)
+                writer.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_late_reply_is_not_taken_for_the_next_answer():
+    """A gateway answers request 1 (value 111) after the client gave up on it, while
+    request 2 is outstanding: the answer to request 2 (value 222) must be the one used."""
+
+    def answer(n, count):
+        value = 111.0 if n == 1 else 222.0
+        delay = 0.4 if n == 1 else 0.0  # beyond the client's 0.2 s timeout
+        return delay, list(struct.unpack(">2H", struct.pack(">f", value))) * (count // 2)
+
+    async def main():
+        gateway = await raw_gateway(answer)
+        port = gateway.sockets[0].getsockname()[1]
+        bus = ModbusTcpBus("127.0.0.1", port, clock=SimClock(START, speed=SPEED))
+        try:
+            with pytest.raises(DeviceTimeout):
+                await bus.read(DeviceSpec("meter-h01", "sdm120", timeout_s=0.2))
+            return await bus.read(DeviceSpec("meter-h01", "sdm120", timeout_s=1.0))
+        finally:
+            await bus.close()
+            gateway.close()
+            await gateway.wait_closed()
+
+    reading = run(main())
+    assert reading.values["voltage"] == 222.0
+    assert set(reading.values.values()) == {222.0}
+
+
+def test_short_answer_is_decode_error():
+    """A gateway that returns two registers fewer than asked for."""
+
+    async def main():
+        gateway = await raw_gateway(lambda n, count: (0.0, [0] * (count - 2)))
+        port = gateway.sockets[0].getsockname()[1]
+        bus = ModbusTcpBus("127.0.0.1", port, clock=SimClock(START, speed=SPEED))
+        try:
+            with pytest.raises(DecodeError) as info:
+                await bus.read(DeviceSpec("meter-h01", "sdm120", timeout_s=1.0))
+            return info.value
+        finally:
+            await bus.close()
+            gateway.close()
+            await gateway.wait_closed()
+
+    message = str(run(main()))
+    assert "meter-h01 (device id 1 at 127.0.0.1:" in message
+    assert "0x0000 count 76 answered 74 registers" in message
+
+
+# -- connection -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_connect_refused_names_host_and_port():
+    port = free_port()
+
+    async def main():
+        bus = ModbusTcpBus("127.0.0.1", port, clock=SimClock(START, speed=SPEED))
+        with pytest.raises(DriverError) as info:
+            await bus.connect()
+        with pytest.raises(DriverError) as info2:
+            await bus.read(DeviceSpec("meter-h01", "sdm120"))
+        await bus.close()
+        return info.value, info2.value
+
+    error, error2 = run(main())
+    assert f"127.0.0.1:{port}" in str(error)
+    assert not isinstance(error, DeviceTimeout)
+    assert str(error2).startswith(f"meter-h01 (device id 1 at 127.0.0.1:{port})")
+
+
+def test_reconnects_after_the_server_restarts():
+    trace = constant_trace()
+
+    async def main():
+        clock, server, bus = await serve({1: trace})
+        device = DeviceSpec("meter-h01", "sdm120", timeout_s=0.5)
+        try:
+            before = await bus.read(device)
+            port = server.port
+            await server.stop()
+            await asyncio.sleep(0.05)
+            server = MeterServer({1: trace}, clock=clock, port=port)
+            await server.start()
+            after = await bus.read(device)
+            return before, after
+        finally:
+            await bus.close()
+            await server.stop()
+
+    before, after = run(main())
+    assert before.values["active_power"] == after.values["active_power"] == 1234.5
+
+
+def test_pause_between_requests():
+    async def main():
+        clock = SimClock(START, speed=SPEED)
+        server = MeterServer({1: constant_trace()}, clock=clock)
+        await server.start()
+        bus = ModbusTcpBus("127.0.0.1", server.port, clock=clock, pause_s=0.1)
+        try:
+            await bus.connect()
+            t0 = time.monotonic()
+            reading = await bus.read(DeviceSpec("meter-h01", "sdm120"))
+            await bus.read(DeviceSpec("meter-h01", "sdm120"))
+            return reading, time.monotonic() - t0
+        finally:
+            await bus.close()
+            await server.stop()
+
+    reading, elapsed = run(main())
+    assert reading.latency_s >= 0.1  # two planned reads, 0.1 s apart
+    assert elapsed >= 0.4  # after connect, then 3 more gaps
+
+
+def test_device_spec_validation():
+    with pytest.raises(ValueError):
+        DeviceSpec("m", "sdm120", device_id=0)
+    with pytest.raises(ValueError):
+        DeviceSpec("m", "sdm120", device_id=248)
+    with pytest.raises(ValueError):
+        DeviceSpec("m", "sdm120", timeout_s=0)
+    with pytest.raises(ValueError):
+        DeviceSpec("m", "sdm120", retries=-1)
+
+
+def test_meter_server_rejects_bad_faults():
+    server = MeterServer({1: constant_trace()}, clock=SimClock(START, speed=SPEED))
+    with pytest.raises(ValueError):
+        server.set_fault(1, "smoke")
+    with pytest.raises(ValueError):
+        server.set_fault(2, "silent")

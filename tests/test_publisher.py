@@ -1,0 +1,94 @@
+"""The agent's MQTT side against the real Mosquitto on 127.0.0.1:1883."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.config import MqttSettings
+from agent.publisher import Publisher, PublishError
+from agent.schema import TelemetryMsg, status_topic, telemetry_topic
+
+BROKER = MqttSettings(host="127.0.0.1", port=1883)
+
+
+class Collector:
+    """A plain paho subscriber that records (topic, payload, retain)."""
+
+    def __init__(self, topic: str) -> None:
+        self.messages: list[tuple[str, dict, bool]] = []
+        self.ready = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self.ready.set()
+        self.client.on_message = lambda c, u, m: self.messages.append(
+            (m.topic, json.loads(m.payload), m.retain))
+        self.client.connect("127.0.0.1", 1883)
+        self.client.loop_start()
+        assert self.ready.wait(5), "subscriber did not get SUBACK from 127.0.0.1:1883"
+
+    def wait_for(self, pred, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.messages if pred(m)]
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no matching message; got {self.messages}")
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_status_online_retained_then_offline_on_close(mosquitto):
+    gw = f"t{uuid.uuid4().hex[:8]}"
+    pub = Publisher(gw, BROKER)
+    pub.connect()
+    for i in range(5):
+        pub.publish(telemetry_topic(gw, "m1"), TelemetryMsg(
+            msg_id=pub.next_msg_id(), gateway=gw, ts=1.8e9 + i, device="m1",
+            values={"active_power": 100.0 + i}))
+    assert pub.drain(5)
+    assert (pub.published, pub.unacked) == (5, 0)
+    # a late subscriber still sees the retained online status
+    late = Collector(status_topic(gw))
+    online = late.wait_for(lambda m: m[1]["state"] == "online")
+    assert online[0][2] is True
+    pub.close()
+    late.wait_for(lambda m: m[1]["state"] == "offline")
+    late.close()
+
+
+def test_last_will_when_agent_dies(mosquitto):
+    gw = f"t{uuid.uuid4().hex[:8]}"
+    code = (
+        "import time; from agent.config import MqttSettings; from agent.publisher import Publisher;"
+        f"p = Publisher({gw!r}, MqttSettings()); p.connect(); print('up', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        watcher = Collector(status_topic(gw))
+        watcher.wait_for(lambda m: m[1]["state"] == "online")
+        proc.kill()  # SIGKILL: no DISCONNECT, the broker must publish the will
+        offline = watcher.wait_for(lambda m: m[1]["state"] == "offline", timeout=10)
+        assert offline[0][1]["gateway"] == gw
+        watcher.close()
+        again = Collector(status_topic(gw))  # and the will was retained
+        assert again.wait_for(lambda m: m[2] is True)[0][1]["state"] == "offline"
+        again.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unreachable_broker_is_a_clear_error():
+    pub = Publisher("gwx", MqttSettings(host="127.0.0.1", port=1))
+    with pytest.raises(PublishError, match="127.0.0.1:1: not connected within 1"):
+        pub.connect(timeout_s=1.0)
