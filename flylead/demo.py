@@ -14,13 +14,15 @@ import json
 import logging
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.config import AgentConfig, MqttSettings, parse_config
 from agent.publisher import Publisher
 from agent.runner import Agent
-from broker import EmbeddedBroker, Ingest, open_store
+from agent.schema import AlertMsg, TelemetryMsg
+from broker import EmbeddedBroker, Ingest, SqliteStore, Store, open_store
 from detectors.evaluate import match_sessions
 from flylead.clock import SimClock, iso
 from simulators.meter import MeterServer
@@ -74,6 +76,25 @@ class DemoResult:
         return {"alerts": self.alerts, "truth": self.truth, "metrics": self.metrics}
 
 
+class _TeeStore:
+    """Writes every batch to the demo's SQLite (read back for the table) and to the
+    store the user chose, if any; a failure of either fails the batch, so the ingest
+    keeps it and retries (stores ignore messages they already hold)."""
+
+    def __init__(self, local: SqliteStore, other: Store | None) -> None:
+        self.local, self.other = local, other
+
+    def write(self, msgs: Sequence[TelemetryMsg | AlertMsg]) -> None:
+        if self.other is not None:
+            self.other.write(msgs)
+        self.local.write(msgs)
+
+    def close(self) -> None:
+        if self.other is not None:
+            self.other.close()
+        self.local.close()
+
+
 def _session_row(kind: str, household: str, start: float, end: float | None,
                  energy_kwh: float | None, confidence: float) -> dict:
     return {
@@ -113,11 +134,11 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
     scenario = demo_scenario(seed=opts.seed, hours=opts.hours)
     clock = SimClock(scenario.start, opts.speed)
     tmpdir = tempfile.TemporaryDirectory(prefix="flylead-demo-")
-    store_url = opts.store_url or f"sqlite:///{Path(tmpdir.name) / 'demo.sqlite'}"
+    local = SqliteStore(Path(tmpdir.name) / "demo.sqlite")
+    store = _TeeStore(local, open_store(opts.store_url) if opts.store_url else None)
     embedded = None
     servers: dict[str, MeterServer] = {}
     ingest = publisher = None
-    store = open_store(store_url)
     try:
         if opts.broker is None:
             embedded = EmbeddedBroker()
@@ -130,7 +151,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             await server.start()
             servers[trace.household] = server
         ingest = Ingest(store, host, port, client_id=f"flylead-ingest-{uuid.uuid4().hex[:6]}",
-                        protocol=opts.mqtt_protocol)
+                        protocol=opts.mqtt_protocol, gateway=opts.gateway)
         ingest.start()
         mqtt = MqttSettings(host=host, port=port, protocol=opts.mqtt_protocol)
         config = agent_config_for(scenario, servers, opts.gateway, mqtt)
@@ -146,8 +167,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
         await run
         if not await asyncio.to_thread(publisher.drain, 30.0):
             log.warning("%d messages not acknowledged by the broker", publisher.unacked)
-        sent_alerts = publisher_alerts = None  # noqa: F841 - clarity
-        await asyncio.to_thread(ingest.flush)
+        await asyncio.to_thread(ingest.flush, 30.0)
         health = agent.health()
     finally:
         if publisher is not None:
@@ -159,8 +179,8 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
         if embedded is not None:
             embedded.stop()
 
-    stored = [a for a in ingest.stored_alerts() if a.kind == "ebike_charging" and a.state == "closed"]
-    stored.sort(key=lambda a: (a.start, a.household))
+    stored = sorted(local.alerts(kind="ebike_charging", state="closed"),
+                    key=lambda a: (a.start, a.household))
     metrics = match_sessions(stored, scenario.truth)
     result = DemoResult(
         alerts=[_session_row(a.kind, a.household, a.start, a.end, a.energy_kwh, a.confidence)
