@@ -1,0 +1,159 @@
+"""The charging-session detector on simulated and real load.
+
+Concrete expectations: quiet homes (standby and fridge) give the session to the minute;
+look-alike households and the real UCI household give nothing; the busy simulated corpus
+is held to the figures measured when the detector was written (a regression floor, printed
+so that it is visible), not to the issue's targets, which it does not yet meet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from detectors import DetectorSettings, StreamingDetector, detect_sessions, match_sessions
+from simulators.loads import household_trace
+from simulators.scenario import DEFAULT_START, demo_scenario
+
+H = 3600.0
+
+
+@dataclass
+class Found:
+    household: str
+    start: float
+    end: float
+    energy_kwh: float
+
+
+def poll(trace, rng, period=60.0, jitter=5.0, drop=0.01):
+    """The agent's view of a trace: a poll every ``period`` s with jitter and lost polls."""
+    n = int((trace.end - trace.start) // period)
+    t = trace.start + np.arange(n) * period + rng.uniform(-jitter, jitter, n)
+    t = t[(t >= trace.start) & (t < trace.end)]
+    t = t[rng.random(t.size) >= drop]
+    return t, trace.power_w[((t - trace.start) // trace.step_s).astype(int)]
+
+
+def quiet_home(profile: str, seed: int):
+    return household_trace("q1", DEFAULT_START, 36, seed, appliances={"standby", "fridge"},
+                           sessions=[(DEFAULT_START + 10 * H, profile)])
+
+
+def test_bad_input_is_named():
+    t = np.arange(10.0) * 60
+    with pytest.raises(ValueError, match="same shape"):
+        detect_sessions(t, np.zeros(9))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        detect_sessions(t[::-1].copy(), np.zeros(10))
+    with pytest.raises(ValueError, match="t has NaN"):
+        detect_sessions(np.r_[t[:9], np.nan], np.zeros(10))
+    with pytest.raises(ValueError, match="p_w has inf"):
+        detect_sessions(t, np.r_[np.zeros(9), np.inf])
+    with pytest.raises(ValueError, match="min_step_w"):
+        DetectorSettings(min_step_w=500.0)
+    assert detect_sessions(t, np.full(10, np.nan)) == []
+
+
+@pytest.mark.parametrize(("profile", "seed"), [("lead_acid", 4), ("lead_acid", 5), ("lithium", 1), ("lithium", 4)])
+@pytest.mark.parametrize("period", [60.0, 10.0])
+def test_quiet_home_session_to_the_minute(profile, seed, period):
+    trace, truth = quiet_home(profile, seed)
+    t, p = poll(trace, np.random.default_rng(0), period=period, jitter=0.0, drop=0.0)
+    found = detect_sessions(t, p)
+    assert len(found) == 1
+    (s,), (true,) = found, truth
+    assert abs(s.start - true.start) <= 120
+    assert s.profile == profile
+    assert s.energy_kwh == pytest.approx(true.energy_kwh, rel=0.2)
+    assert s.peak_w == pytest.approx(true.peak_w, rel=0.15)
+    assert 0.9 <= s.confidence <= 1.0
+
+
+def test_quiet_home_lead_acid_60w_stage_is_followed_to_float():
+    """Stage 2 at 45-65 W (domain-facts §2: ~60 W, which NILMTK's 70 W edge threshold
+    misses) is followed to the float step: the session ends at the float's end, not at the
+    taper."""
+    trace, (true,) = quiet_home("lead_acid", 4)
+    t, p = poll(trace, np.random.default_rng(0), jitter=0.0, drop=0.0)
+    (s,) = detect_sessions(t, p)
+    assert s.evidence["stage2_end_seen"] == 1.0
+    # level minus the smooth fall: stage 2 plus the unfinished end of the exponential
+    assert 25.0 <= s.evidence["stage2_w"] <= 95.0
+    assert abs(s.end - true.end) <= 1800
+
+
+def test_look_alike_households_give_nothing():
+    """Fridge, lighting, TV, cooking and water heater, no charger."""
+    for seed in (1, 2, 3):
+        trace, truth = household_trace(
+            "neg", DEFAULT_START, 48, seed,
+            appliances={"standby", "fridge", "lighting", "tv", "cooking", "water_heater"})
+        t, p = poll(trace, np.random.default_rng(seed))
+        assert truth == [] and detect_sessions(t, p) == []
+
+
+def test_no_session_on_the_real_household():
+    """The UCI household (no e-bike), under 20 different poll jitters."""
+    sc = demo_scenario(seed=1)
+    trace = next(t for t in sc.traces if t.household == "h08")
+    for seed in range(20):
+        t, p = poll(trace, np.random.default_rng(seed))
+        assert detect_sessions(t, p, tz=sc.tz) == []
+
+
+def test_streaming_state_is_bounded_and_ignores_bad_samples():
+    trace, _ = household_trace("b1", DEFAULT_START, 72, 5, step_s=60.0,
+                               sessions=[(DEFAULT_START + 9 * H, "lead_acid")])
+    det = StreamingDetector()
+    bound = det.settings.bins(det.settings.buffer_s)
+    assert bound == 1440
+    for t, p in zip(trace.start + np.arange(trace.power_w.size) * 60.0 + 30.0, trace.power_w):
+        det.update(float(t), float(p))
+        assert det.buffer_len <= bound
+    assert det.buffer_len == bound
+    assert det.update(trace.start, 100.0) == []  # time going backwards: ignored
+    assert det.update(trace.end + 10.0, math.nan) == []  # failed read: ignored
+    with pytest.raises(ValueError, match="finite"):
+        det.update(math.nan, 1.0)
+
+
+def test_streaming_matches_batch_and_reports_once():
+    trace, (true,) = quiet_home("lithium", 4)
+    t, p = poll(trace, np.random.default_rng(3))
+    batch = detect_sessions(t, p)
+    det = StreamingDetector()
+    reported, seen_active = [], False
+    for a, b in zip(t, p):
+        reported += det.update(float(a), float(b))
+        seen_active |= det.active is not None
+    reported += det.flush()
+    assert det.flush() == []
+    assert [round(s.start) for s in reported] == [round(s.start) for s in batch]
+    assert len(reported) == 1 and abs(reported[0].start - true.start) <= 120
+    assert seen_active  # the open alert is raised while the session still runs
+
+
+def test_busy_corpus_regression_floor(capsys):
+    """Seeds 1..6 of the demo scenario (5 sessions each, charging in busy evenings), batch,
+    60 s polls with jitter and 1 % loss.  Measured when written: seeds 1-20 precision 0.64,
+    recall 0.35; the floor below guards against regressions, not the issue's target."""
+    tp = fp = fn = 0
+    for seed in range(1, 7):
+        sc = demo_scenario(seed=seed)
+        rng = np.random.default_rng(seed)
+        found = []
+        for trace in sc.traces:
+            t, p = poll(trace, rng)
+            found += [Found(trace.household, s.start, s.end, s.energy_kwh)
+                      for s in detect_sessions(t, p, tz=sc.tz)]
+        m = match_sessions(found, sc.truth)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+        assert all(f.household != "h08" for f in found)
+    with capsys.disabled():
+        print(f"\nbusy corpus seeds 1-6: tp={tp} fp={fp} fn={fn}")
+    assert tp >= 7
+    assert tp / (tp + fp) >= 0.45
