@@ -78,7 +78,9 @@ class EmbeddedBroker:
         self._broker: Broker | None = None
         self._thread: threading.Thread | None = None
         for name in _QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
+            # amqtt warns per message when a late PUBACK arrives after its own 5 s
+            # retry window; the ingest deduplicates, so these are noise in the demo
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -646,7 +646,7 @@ class StreamingDetector:
         self._count = 0
         self._last_t = -math.inf
         self._next_analysis = -math.inf
-        self._reported: deque[float] = deque(maxlen=64)  # starts already reported
+        self._reported: deque[tuple[float, float]] = deque(maxlen=64)  # (start, end) reported
         self._active: ChargingSession | None = None
 
     @property
@@ -722,11 +722,13 @@ class StreamingDetector:
         newest = self._t_first_bin + len(self._bins) * s.grid_s
         ended, active = [], None
         for ses in found:
-            if any(abs(ses.start - r) < 1800.0 for r in self._reported):
+            # a later analysis with more data may move a reported session's edges: a
+            # session overlapping one already reported is the same session
+            if any(ses.start < end and start < ses.end for start, end in self._reported):
                 continue
             if final or ses.end <= newest - s.settle_s:
                 ended.append(ses)
-                self._reported.append(ses.start)
+                self._reported.append((ses.start, ses.end))
             else:
                 active = ChargingSession(ses.start, newest, ses.energy_kwh, ses.peak_w,
                                          ses.confidence, ses.profile, ses.evidence)
