@@ -4,6 +4,10 @@
 #   victoria-metrics  http://127.0.0.1:8428  (InfluxDB line protocol on /api/v2/write)
 #   mosquitto         127.0.0.1:1883         (anonymous, loopback)
 #
+# and installs (if missing) what tests start themselves: Debian's chromium for the alert
+# desk's browser test (Playwright cannot download its own browser here), and the
+# mosquitto binaries for the private brokers of the ACL/TLS tests.
+#
 # Idempotent: a service that already answers is left alone, so running this twice is safe.
 # Exits non-zero with a message naming the service when one cannot be installed or started.
 # Needs root (apt-get) only when a package is missing.
@@ -126,5 +130,13 @@ EOF
     echo "services.sh: mosquitto up on $MQTT_HOST:$MQTT_PORT"
 }
 
+install_test_tools() {
+    [[ -x /usr/bin/chromium ]] || apt_install chromium
+    [[ -x /usr/bin/chromium ]] || die "chromium installed but /usr/bin/chromium is missing"
+    [[ -x /usr/sbin/mosquitto && -x /usr/bin/mosquitto_passwd ]] || apt_install mosquitto
+    echo "services.sh: chromium and mosquitto binaries present"
+}
+
+install_test_tools
 start_victoria
 start_mosquitto

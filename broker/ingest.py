@@ -27,6 +27,14 @@ Delivery guarantee — at least once into the store, exactly once in effect:
   a PUBACK after 5 s without resending, so there the ingest's own retry loop is what
   keeps data through a store outage (the batch stays in memory).
 
+Load sharing: with ``shared_group`` set, telemetry and alerts are subscribed as MQTT 5
+shared subscriptions (``$share/{group}/flylead/v1/...``): the broker hands each message to
+one member of the group, so several ingest processes (each with its own client id) split
+the load.  A message redelivered after a member disconnects may reach another member;
+the stores ignore a ``msg_id`` they already hold, so it is still stored once.  Status
+messages stay on an ordinary subscription, so every member tracks every gateway's status
+(and gets the retained ones, which MQTT 5 never sends to shared subscriptions).
+
 Rejected messages (counted in :attr:`Ingest.rejected`, by reason in
 :attr:`Ingest.rejections`, logged on logger ``flylead.ingest``; never raised):
 
@@ -134,6 +142,8 @@ class Ingest:
         gateway: subscribe to this gateway's topics only; ``"+"`` (default) means all.
         session_expiry_s: MQTT 5 session expiry (ignored with 3.1.1, whose persistent
             sessions never expire).
+        shared_group: share telemetry and alert subscriptions with the other ingests of
+            this group (a name, see module docstring); None (default): receive everything.
 
     Attributes (read from any thread):
         accepted: valid new telemetry and alert messages queued for the store.
@@ -159,6 +169,7 @@ class Ingest:
         protocol: Literal["3.1.1", "5"] = "3.1.1",
         gateway: str = "+",
         session_expiry_s: int = SESSION_EXPIRY_S,
+        shared_group: str | None = None,
     ) -> None:
         if protocol not in ("3.1.1", "5"):
             raise ValueError(f"Ingest protocol must be '3.1.1' or '5', got {protocol!r}")
@@ -170,6 +181,8 @@ class Ingest:
             raise ValueError(f"Ingest gateway must be '+' or match {NAME_PATTERN}, got {gateway!r}")
         if not client_id:
             raise ValueError("Ingest client_id must not be empty (it keys the persistent session)")
+        if shared_group is not None and not _NAME.match(shared_group):
+            raise ValueError(f"Ingest shared_group must match {NAME_PATTERN}, got {shared_group!r}")
         self.store = store
         self.host, self.port, self.client_id = host, port, client_id
         self.batch_size, self.flush_interval_s = batch_size, flush_interval_s
@@ -179,6 +192,9 @@ class Ingest:
         else:
             self.subscriptions = [telemetry_topic(gateway, "+"), alert_topic(gateway, "+"),
                                   status_topic(gateway)]
+        self.shared_group = shared_group
+        if shared_group is not None:  # status stays unshared (see module docstring)
+            self.subscriptions[:2] = [f"$share/{shared_group}/{t}" for t in self.subscriptions[:2]]
 
         self.accepted = 0
         self.stored = 0

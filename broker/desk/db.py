@@ -1,0 +1,464 @@
+"""The alert desk's own SQLite database: users, cases and the case history.
+
+One case per alert (``gateway`` + ``alert_id``, as the store keys alerts).  A case moves
+through the campaign's lifecycle, one step at a time, each step recorded as an event::
+
+    new ──dispatch──▶ dispatched ──verify──▶ verified ──rectify──▶ rectified
+        ──recheck──▶ rechecked ──close──▶ closed
+
+``dispatch`` names the grid worker sent to the household; ``verify`` is the on-site
+check that the hazard is real; ``rectify`` records that it was removed; ``recheck`` is the
+campaign's "look back" visit some days later; ``close`` ends the case.  A new alert for a
+household whose last case is closed (closed before the new alert started) and which has
+no case still in progress opens a new case marked as a **rebound** of the closed one.
+
+All times are UTC epoch seconds.  Thread-safe: each call opens its own connection (WAL
+mode), so the web server's threads, a sync thread and the CLI may share the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from agent.schema import NAME_PATTERN, AlertMsg
+from broker.desk.registry import Registry
+
+__all__ = [
+    "ACTIONS",
+    "KIND_LABELS",
+    "STATES",
+    "Case",
+    "DeskDB",
+    "DeskError",
+    "Event",
+    "TransitionError",
+    "User",
+]
+
+#: Case states in lifecycle order.
+STATES = ("new", "dispatched", "verified", "rectified", "rechecked", "closed")
+#: action -> (state it applies to, state it leads to).
+ACTIONS: dict[str, tuple[str, str]] = {
+    "dispatch": ("new", "dispatched"),
+    "verify": ("dispatched", "verified"),
+    "rectify": ("verified", "rectified"),
+    "recheck": ("rectified", "rechecked"),
+    "close": ("rechecked", "closed"),
+}
+ROLES = ("office", "village")
+#: How alert kinds (agent.schema.ALERT_KINDS) are shown to people.
+KIND_LABELS = {
+    "ebike_charging": "e-bike charging (flying lead)",
+    "residual_current": "residual current",
+    "cable_temperature": "cable temperature",
+    "overload": "overload",
+    "device_offline": "meter offline",
+}
+#: Longest note or worker name kept (characters): a sentence or two, not a document.
+MAX_NOTE = 1000
+MAX_WORKER = 100
+#: Seconds a write waits for another connection's lock before failing.
+_BUSY_TIMEOUT_S = 10.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,
+    pw_hash  TEXT NOT NULL,          -- argon2id (argon2-cffi PasswordHasher)
+    role     TEXT NOT NULL CHECK (role IN ('office', 'village')),
+    village  TEXT,                   -- village id for role 'village', NULL for 'office'
+    created  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cases (
+    id          INTEGER PRIMARY KEY,
+    gateway     TEXT NOT NULL,
+    alert_id    TEXT NOT NULL,
+    household   TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    village     TEXT NOT NULL,
+    compound    TEXT,
+    kind        TEXT NOT NULL,
+    alert_start REAL NOT NULL,       -- UTC epoch s
+    alert_end   REAL,                -- UTC epoch s, NULL while the alert is open
+    alert_state TEXT NOT NULL,       -- the alert's own state: open | closed
+    confidence  REAL NOT NULL,
+    energy_kwh  REAL,
+    peak_w      REAL,
+    detail      TEXT NOT NULL DEFAULT '',
+    state       TEXT NOT NULL DEFAULT 'new',
+    worker      TEXT,
+    rebound_of  INTEGER REFERENCES cases(id),
+    created     REAL NOT NULL,       -- when the desk took the alert in
+    updated     REAL NOT NULL,
+    closed      REAL,                -- when the case was closed
+    UNIQUE (gateway, alert_id)
+);
+CREATE INDEX IF NOT EXISTS cases_village ON cases (village, state);
+CREATE INDEX IF NOT EXISTS cases_household ON cases (gateway, household, alert_start);
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY,
+    case_id   INTEGER NOT NULL REFERENCES cases(id),
+    ts        REAL NOT NULL,         -- UTC epoch s
+    username  TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    from_state TEXT,
+    to_state  TEXT NOT NULL,
+    note      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_case ON events (case_id, ts);
+"""
+
+
+class DeskError(Exception):
+    """A desk operation failed; the message names the object and the cause."""
+
+
+class TransitionError(DeskError):
+    """The action does not apply to the case's current state."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    role: Literal["office", "village"]
+    village: str | None
+
+    def can_see(self, village: str) -> bool:
+        """The office sees every village; a village user only its own."""
+        return self.role == "office" or village == self.village
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    id: int
+    gateway: str
+    alert_id: str
+    household: str
+    device: str
+    village: str
+    compound: str | None
+    kind: str
+    alert_start: float
+    alert_end: float | None
+    alert_state: str
+    confidence: float
+    energy_kwh: float | None
+    peak_w: float | None
+    detail: str
+    state: str
+    worker: str | None
+    rebound_of: int | None
+    created: float
+    updated: float
+    closed: float | None
+
+    @property
+    def rebound(self) -> bool:
+        return self.rebound_of is not None
+
+    @property
+    def next_action(self) -> str | None:
+        """The action that moves this case on, None when closed."""
+        for action, (src, _) in ACTIONS.items():
+            if src == self.state:
+                return action
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    case_id: int
+    ts: float
+    username: str
+    action: str
+    from_state: str | None
+    to_state: str
+    note: str
+
+
+_hasher = PasswordHasher()
+
+
+class DeskDB:
+    """The desk database file (created with its tables if missing).
+
+    Raises:
+        DeskError: the file cannot be opened or is not a desk database.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            with self._db() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise DeskError(f"cannot open desk database {self.path!r}: {exc}") from exc
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise DeskError(f"desk database {self.path!r}: {exc}") from exc
+        finally:
+            db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE: one writer at a time, no lost updates)."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- meta ----------------------------------------------------------------------------
+
+    def secret_key(self) -> str:
+        """The web session signing key, made on first use and kept in the database so
+        that sessions survive a restart."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'secret_key'").fetchone()
+            if row:
+                return str(row[0])
+            key = secrets.token_hex(32)
+            db.execute("INSERT INTO meta VALUES ('secret_key', ?)", (key,))
+            return key
+
+    # -- users ---------------------------------------------------------------------------
+
+    def add_user(self, username: str, password: str, role: str, village: str | None = None,
+                 *, replace: bool = False) -> User:
+        """Create (or with ``replace`` update) a user; the password is stored argon2id-hashed.
+
+        Raises:
+            DeskError: bad name, role, village or password, or the user exists and
+                ``replace`` is False.
+        """
+        if not re.match(NAME_PATTERN, username):
+            raise DeskError(f"user name {username!r} must match {NAME_PATTERN}")
+        if role not in ROLES:
+            raise DeskError(f"user {username!r}: role must be one of {ROLES}, got {role!r}")
+        if role == "village" and not village:
+            raise DeskError(f"user {username!r}: a village user needs a village")
+        if role == "office":
+            village = None
+        if len(password) < 8:
+            raise DeskError(f"user {username!r}: password must have at least 8 characters")
+        pw_hash = _hasher.hash(password)
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        try:
+            with self._tx() as db:
+                db.execute(f"{verb} INTO users VALUES (?,?,?,?,?)",
+                           (username, pw_hash, role, village, time.time()))
+        except DeskError as exc:
+            if "UNIQUE" in str(exc):
+                raise DeskError(f"user {username!r} already exists in {self.path}") from None
+            raise
+        return User(username, role, village)  # type: ignore[arg-type]
+
+    def user(self, username: str) -> User | None:
+        with self._db() as db:
+            row = db.execute("SELECT username, role, village FROM users WHERE username = ?",
+                             (username,)).fetchone()
+        return User(row["username"], row["role"], row["village"]) if row else None
+
+    def check_password(self, username: str, password: str) -> User | None:
+        """The user if ``password`` is theirs, else None (also for unknown users, after
+        the same hashing work so that timing does not tell which names exist)."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        pw_hash = row["pw_hash"] if row else _dummy_hash()
+        try:
+            _hasher.verify(pw_hash, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        return User(row["username"], row["role"], row["village"]) if row else None
+
+    def users(self) -> list[User]:
+        with self._db() as db:
+            rows = db.execute("SELECT username, role, village FROM users ORDER BY username").fetchall()
+        return [User(r["username"], r["role"], r["village"]) for r in rows]
+
+    # -- cases ---------------------------------------------------------------------------
+
+    def case(self, case_id: int) -> Case | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()
+        return Case(**dict(row)) if row else None
+
+    def cases(self, villages: Sequence[str] | None = None, states: Iterable[str] | None = None) -> list[Case]:
+        """Cases of ``villages`` (None: all) in ``states`` (None: all), ordered by village,
+        compound, then newest alert first."""
+        query = "SELECT * FROM cases"
+        where, args = [], []
+        if villages is not None:
+            where.append(f"village IN ({','.join('?' * len(villages))})")
+            args += list(villages)
+        if states is not None:
+            states = list(states)
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += states
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY village, compound, alert_start DESC, id DESC"
+        with self._db() as db:
+            rows = db.execute(query, args).fetchall()
+        return [Case(**dict(r)) for r in rows]
+
+    def events(self, case_id: int | None = None) -> list[Event]:
+        """History of one case (or of all), oldest first."""
+        with self._db() as db:
+            if case_id is None:
+                rows = db.execute("SELECT * FROM events ORDER BY ts, id").fetchall()
+            else:
+                rows = db.execute("SELECT * FROM events WHERE case_id = ? ORDER BY ts, id",
+                                  (case_id,)).fetchall()
+        return [Event(**dict(r)) for r in rows]
+
+    def transition(self, case_id: int, action: str, username: str, *, note: str = "",
+                   worker: str | None = None, at: float | None = None) -> Case:
+        """Apply a lifecycle ``action`` to a case and record it.
+
+        Args:
+            action: one of :data:`ACTIONS`.
+            username: who did it (recorded in the history).
+            note: free text (at most :data:`MAX_NOTE` characters).
+            worker: the grid worker's name; required for ``dispatch``.
+            at: when it happened (UTC epoch s); default now.
+
+        Raises:
+            DeskError: no such case, bad note or missing worker.
+            TransitionError: the action does not apply to the case's state (e.g. it was
+                moved on by someone else meanwhile).
+        """
+        if action not in ACTIONS:
+            raise TransitionError(f"case {case_id}: unknown action {action!r} (one of {list(ACTIONS)})")
+        note = note.strip()
+        if len(note) > MAX_NOTE:
+            raise DeskError(f"case {case_id}: note longer than {MAX_NOTE} characters")
+        if action == "dispatch":
+            worker = (worker or "").strip()
+            if not worker or len(worker) > MAX_WORKER:
+                raise DeskError(f"case {case_id}: dispatch needs a grid worker name (1-{MAX_WORKER} characters)")
+        src, dst = ACTIONS[action]
+        now = time.time() if at is None else at
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM cases WHERE id = ?", (case_id,)).fetchone()
+            if row is None:
+                raise DeskError(f"no case {case_id} in {self.path}")
+            if row["state"] != src:
+                raise TransitionError(
+                    f"case {case_id} is {row['state']!r}: {action!r} applies to {src!r} cases only")
+            db.execute(
+                "UPDATE cases SET state = ?, updated = ?, worker = COALESCE(?, worker),"
+                " closed = CASE WHEN ? = 'closed' THEN ? ELSE closed END WHERE id = ?",
+                (dst, now, worker if action == "dispatch" else None, dst, now, case_id))
+            db.execute("INSERT INTO events (case_id, ts, username, action, from_state, to_state, note)"
+                       " VALUES (?,?,?,?,?,?,?)", (case_id, now, username, action, src, dst, note))
+        case = self.case(case_id)
+        assert case is not None
+        return case
+
+    # -- sync from the store ---------------------------------------------------------------
+
+    def sync_alerts(self, alerts: Iterable[AlertMsg], registry: Registry,
+                    *, now: float | None = None) -> list[Case]:
+        """Create a case for each alert not yet known; refresh the alert fields of known ones.
+
+        Idempotent: an alert (gateway, alert_id) gets one case however often it is synced.
+        Known cases get the alert's latest fields, and their village and compound from
+        ``registry`` again (a household added to the registry later moves its cases there).
+        ``alerts`` may hold several messages of one alert (open, then closed); the latest
+        by ``ts`` wins for the alert fields.  New cases are created in order of alert start,
+        so a rebound is linked to the closed case before it.
+
+        Returns:
+            The newly created cases (for notifications), in creation order.
+        """
+        now = time.time() if now is None else now
+        latest: dict[tuple[str, str], AlertMsg] = {}
+        for a in alerts:
+            key = (a.gateway, a.alert_id)
+            old = latest.get(key)
+            if old is None or (a.ts, a.state == "closed") >= (old.ts, old.state == "closed"):
+                latest[key] = a
+        created: list[int] = []
+        with self._tx() as db:
+            for a in sorted(latest.values(), key=lambda m: (m.start, m.gateway, m.alert_id)):
+                row = db.execute("SELECT id FROM cases WHERE gateway = ? AND alert_id = ?",
+                                 (a.gateway, a.alert_id)).fetchone()
+                village, compound = registry.locate(a.gateway, a.household)
+                if row is not None:  # the registry may have changed: it is the truth
+                    db.execute(
+                        "UPDATE cases SET alert_end = ?, alert_state = ?, confidence = ?,"
+                        " energy_kwh = ?, peak_w = ?, detail = ?, village = ?, compound = ? WHERE id = ?",
+                        (a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail, village,
+                         compound, row["id"]))
+                    continue
+                rebound_of = self._rebound_of(db, a)
+                cur = db.execute(
+                    "INSERT INTO cases (gateway, alert_id, household, device, village, compound,"
+                    " kind, alert_start, alert_end, alert_state, confidence, energy_kwh, peak_w,"
+                    " detail, state, rebound_of, created, updated)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'new',?,?,?)",
+                    (a.gateway, a.alert_id, a.household, a.device, village, compound, a.kind,
+                     a.start, a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail,
+                     rebound_of, now, now))
+                case_id = int(cur.lastrowid or 0)
+                db.execute("INSERT INTO events (case_id, ts, username, action, from_state, to_state, note)"
+                           " VALUES (?,?,?,?,?,?,?)",
+                           (case_id, now, "system", "open", None, "new",
+                            f"rebound of case {rebound_of}" if rebound_of else ""))
+                created.append(case_id)
+        return [c for c in (self.case(i) for i in created) if c is not None]
+
+    @staticmethod
+    def _rebound_of(db: sqlite3.Connection, a: AlertMsg) -> int | None:
+        """The closed case this alert is a rebound of, if any (see module docstring)."""
+        rows = db.execute(
+            "SELECT id, state, closed FROM cases WHERE gateway = ? AND household = ?"
+            " ORDER BY alert_start DESC, id DESC", (a.gateway, a.household)).fetchall()
+        if not rows or any(r["state"] != "closed" for r in rows):
+            return None  # first alert of the household, or a case still in progress
+        last = max(rows, key=lambda r: r["closed"])
+        return int(last["id"]) if last["closed"] <= a.start else None
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash checked against when the user does not exist (same cost as a real check)."""
+    return _hasher.hash(secrets.token_hex(16))
+
+
+def sync_from_store(desk: DeskDB, store: Any, registry: Registry, *, now: float | None = None) -> list[Case]:
+    """Create cases for new alerts of a :class:`~broker.store.SqliteStore` (its alerts
+    table); see :meth:`DeskDB.sync_alerts`.
+
+    Raises:
+        StoreError: the store cannot be read.
+        DeskError: the desk database cannot be written.
+    """
+    return desk.sync_alerts(store.latest_alerts(), registry, now=now)
+
+
+__all__ += ["sync_from_store"]
