@@ -1,11 +1,15 @@
-"""MQTT side of the agent: paho-mqtt 2.x client with status, last will and QoS 1.
+"""MQTT side of the agent: paho-mqtt 2.x client, fed from the durable outbox.
 
-On connect the agent publishes ``{"state": "online"}`` retained on its status topic; the
-broker publishes the last will ``{"state": "offline"}`` (retained, QoS 1) if the agent
-vanishes, and :meth:`Publisher.close` publishes it on a clean stop.  Messages are
-published with QoS 1 and counted as delivered only when the broker acknowledges them
-(PUBACK).  While disconnected, paho keeps QoS 1 messages and sends them after reconnect;
-the persistent outbox (SQLite) is the gateway-agent issue's work.
+Flow: :meth:`Publisher.publish` puts a message into the :class:`~agent.outbox.Outbox`;
+the sender thread commits the outbox in batches (alerts at once), hands committed messages
+to paho in order, at most :data:`WINDOW` unacknowledged at a time, and deletes each from the
+outbox when the broker's PUBACK arrives.  While the broker is away paho keeps the window
+and resends it in order after reconnecting; the rest waits in SQLite.  After a restart,
+whatever the outbox still holds is sent again with its original ``msg_id``.
+
+Status: on connect the agent publishes ``{"state": "online"}`` retained on its status
+topic; the broker publishes the last will ``{"state": "offline"}`` (retained, QoS 1) if
+the agent vanishes, and :meth:`Publisher.close` publishes it on a clean stop.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ import paho.mqtt.client as mqtt
 from pydantic import BaseModel
 
 from agent.config import MqttSettings
+from agent.outbox import Kind, Outbox
 from agent.schema import status_topic
 
 log = logging.getLogger("flylead.agent.mqtt")
 
 #: Longest pause between reconnect attempts (s); paho doubles from 1 s up to this.
 MAX_RECONNECT_DELAY_S = 60
+#: Messages handed to paho and not yet acknowledged, at most.  Bounds the gateway's RAM
+#: while the broker is away (the rest stays on disk); chosen, ~100 kB of payloads.
+WINDOW = 256
 
 
 class PublishError(RuntimeError):
@@ -35,26 +43,44 @@ class PublishError(RuntimeError):
 
 
 class Publisher:
-    """Publishes the agent's messages to one broker.
+    """Publishes the agent's messages to one broker through the outbox.
 
     Args:
-        gateway: gateway id, used in topics and (with a random suffix) as MQTT client id.
+        gateway: gateway id, used in topics and in the MQTT client id.
         settings: broker host, port, credentials, TLS, protocol.
+        outbox: the durable queue; an in-memory one if None (demo, tests).
+        commit_interval_s: real seconds between batched outbox commits of telemetry.
     """
 
-    def __init__(self, gateway: str, settings: MqttSettings) -> None:
+    def __init__(
+        self,
+        gateway: str,
+        settings: MqttSettings,
+        outbox: Outbox | None = None,
+        *,
+        commit_interval_s: float = 1.0,
+    ) -> None:
         self.gateway = gateway
         self.settings = settings
+        self.outbox = outbox if outbox is not None else Outbox(":memory:")
+        self.commit_interval_s = commit_interval_s
         self._seq = itertools.count(1)
         self._run = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()
-        self._pending: set[int] = set()
-        self._early: set[int] = set()
+        self._wake = threading.Condition(self._lock)
+        self._mid_seq: dict[int, int] = {}      # paho mid -> outbox seq, handed and unacked
+        self._early: set[int] = set()           # PUBACKs that beat the mid registration
+        self._acked: list[int] = []             # outbox seqs to delete
+        self._handed_seq = 0                    # highest outbox seq handed to paho
+        self._commit_now = False
+        self._stop = False
         self._connected = threading.Event()
+        self._sender: threading.Thread | None = None
         self.published = 0
         self.acked = 0
+        self.connects = 0
         protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
-        kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": False}
+        kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"flylead-agent-{gateway}",
@@ -65,11 +91,9 @@ class Publisher:
             self._client.username_pw_set(settings.username, settings.password)
         if settings.tls:
             self._client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        self._client.will_set(
-            status_topic(gateway), self._status_payload("offline"), qos=1, retain=True
-        )
+        self._client.will_set(status_topic(gateway), self._status_payload("offline"), qos=1, retain=True)
         self._client.reconnect_delay_set(1, MAX_RECONNECT_DELAY_S)
-        self._client.max_queued_messages_set(0)  # unbounded while offline (issue 6: outbox)
+        self._client.max_inflight_messages_set(WINDOW)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
@@ -81,77 +105,130 @@ class Publisher:
         """A message id unique to this gateway: ``{gateway}:{run}:{seq}``."""
         return f"{self.gateway}:{self._run}:{next(self._seq)}"
 
-    # paho callbacks run in paho's network thread
+    # ------------------------------------------------- paho callbacks (network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s:%s refused connection: %s",
-                      self.settings.host, self.settings.port, reason_code)
+            log.error("broker %s:%s refused connection: %s", self.settings.host, self.settings.port, reason_code)
             return
         client.publish(status_topic(self.gateway), self._status_payload("online"), qos=1, retain=True)
+        self.connects += 1
         self._connected.set()
         log.info("connected to broker %s:%s", self.settings.host, self.settings.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         if reason_code != 0:
-            log.warning("disconnected from broker: %s; paho reconnects", reason_code)
+            log.warning("disconnected from broker %s:%s: %s; reconnecting",
+                        self.settings.host, self.settings.port, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # Never call paho from here: paho holds its message lock while calling us.
         with self._lock:
+            seq = self._mid_seq.pop(mid, None)
+            if seq is None:
+                self._early.add(mid)  # status message, or PUBACK before registration
+                return
+            self._acked.append(seq)
             self.acked += 1
-            if mid in self._pending:
-                self._pending.discard(mid)
-            else:  # PUBACK arrived before publish() registered the mid
-                self._early.add(mid)
+            self._wake.notify_all()
 
-    def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and start paho's network thread.
+    # ------------------------------------------------------------------ sender
+    def _send_loop(self) -> None:
+        last_commit = time.monotonic()
+        while True:
+            with self._lock:
+                if self._stop:
+                    break
+                self._wake.wait(0.05)
+                commit_now, self._commit_now = self._commit_now, False
+                acked, self._acked = self._acked, []
+                room = WINDOW - len(self._mid_seq)
+                after = self._handed_seq
+            if acked:
+                self.outbox.ack(acked)
+            if commit_now or time.monotonic() - last_commit >= self.commit_interval_s:
+                self.outbox.commit()
+                last_commit = time.monotonic()
+            if room > 0:
+                for entry in self.outbox.peek(after, room):
+                    info = self._client.publish(entry.topic, entry.payload, qos=1)
+                    with self._lock:
+                        self._handed_seq = entry.seq
+                        if info.mid in self._early:
+                            self._early.discard(info.mid)
+                            self._acked.append(entry.seq)
+                            self.acked += 1
+                        else:
+                            self._mid_seq[info.mid] = entry.seq
+
+    # ------------------------------------------------------------------ public
+    def connect(self, timeout_s: float = 10.0, *, wait: bool = True) -> None:
+        """Start paho's network thread and the sender.
+
+        With ``wait`` False the agent starts even when the broker is down; messages wait
+        in the outbox until it is back.
 
         Raises:
-            PublishError: not connected within ``timeout_s`` real seconds.
+            PublishError: ``wait`` and not connected within ``timeout_s`` real seconds.
         """
         self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_s)
         self._client.loop_start()
-        if not self._connected.wait(timeout_s):
+        if wait and not self._connected.wait(timeout_s):
             self._client.loop_stop()
             raise PublishError(
-                f"MQTT broker {self.settings.host}:{self.settings.port}: "
-                f"not connected within {timeout_s} s"
+                f"MQTT broker {self.settings.host}:{self.settings.port}: not connected within {timeout_s:g} s"
             )
+        self._sender = threading.Thread(target=self._send_loop, name="flylead-sender", daemon=True)
+        self._sender.start()
 
-    def publish(self, topic: str, msg: BaseModel) -> None:
-        """Publish one message with QoS 1 (not retained)."""
-        payload = msg.model_dump_json(exclude_none=True)
-        # paho's lock is taken inside publish(); ours is not held across it, so the
-        # network thread's PUBACK callback can never deadlock against this call.
-        info = self._client.publish(topic, payload, qos=1)
+    def publish(self, topic: str, msg: BaseModel, kind: Kind = "telemetry") -> None:
+        """Queue one message (QoS 1, not retained).  Alerts are committed at once;
+        telemetry with the next batch (``commit_interval_s``)."""
+        self.outbox.put(kind, topic, msg.model_dump_json(exclude_none=True))
         with self._lock:
             self.published += 1
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-            else:
-                self._pending.add(info.mid)
+            if kind != "telemetry":
+                self._commit_now = True
+                self._wake.notify_all()
+
+    def commit(self) -> None:
+        """Ask the sender to commit the outbox now."""
+        with self._lock:
+            self._commit_now = True
+            self._wake.notify_all()
 
     @property
     def unacked(self) -> int:
-        """Messages published but not yet acknowledged by the broker."""
+        """Messages queued or published but not yet acknowledged by the broker."""
         with self._lock:
-            return len(self._pending)
+            pending_acks = len(self._acked)
+        return self.outbox.depth + self.outbox.buffered - pending_acks
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
 
     def drain(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every published message is acknowledged; True if so."""
+        """Wait until every queued message is acknowledged; True if so."""
+        self.commit()
         deadline = time.monotonic() + timeout_s
         while self.unacked and time.monotonic() < deadline:
             time.sleep(0.01)
         return self.unacked == 0
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush, publish the retained offline status and disconnect."""
+        """Flush (up to ``timeout_s``), publish the retained offline status, disconnect.
+        What could not be delivered stays in the outbox for the next start."""
         self.drain(timeout_s)
+        with self._lock:
+            self._stop = True
+            self._wake.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout_s)
         if self._connected.is_set():
-            info = self._client.publish(
-                status_topic(self.gateway), self._status_payload("offline"), qos=1, retain=True
-            )
+            info = self._client.publish(status_topic(self.gateway), self._status_payload("offline"), qos=1, retain=True)
             info.wait_for_publish(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+        self.outbox.ack(self._acked)
+        self.outbox.close()

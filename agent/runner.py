@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -78,6 +79,8 @@ class Agent:
             if dev.household and dev.household not in self.households:
                 self.households[dev.household] = HouseholdState(StreamingDetector(tz=config.tz))
         self._buses: dict[str, ModbusTcpBus] = {}
+        #: Alerts handed to the outbox, newest last (bounded: the last 10,000).
+        self.alerts: deque[AlertMsg] = deque(maxlen=10_000)
 
     # ---------------------------------------------------------------- polling
     async def run(self, until: float | None = None) -> None:
@@ -129,7 +132,7 @@ class Agent:
             state.failures += 1
             backoff = min(dev.interval_s * 2 ** (state.failures - 1), self.config.max_backoff_s)
             state.next_due = self.clock.now() + backoff
-            log.warning("%s: %s (retry in %.0f s)", dev.name, exc, backoff)
+            log.warning("%s (retry in %g s)", exc, backoff)
             return
         except Exception:  # a bug in one device's path must not stop the bus
             log.exception("%s: unexpected error while polling", dev.name)
@@ -178,26 +181,25 @@ class Agent:
             alert_id = hh.open_alert_id
         else:
             alert_id = f"{self.config.gateway}:{household}:{int(session.start)}"
-        self.publisher.publish(
-            alert_topic(self.config.gateway, household),
-            AlertMsg(
-                msg_id=self.publisher.next_msg_id(),
-                gateway=self.config.gateway,
-                ts=self.clock.now(),
-                alert_id=alert_id,
-                kind="ebike_charging",
-                state="closed" if closed else "open",
-                household=household,
-                device=dev.name,
-                start=session.start,
-                end=session.end if closed else None,
-                energy_kwh=round(session.energy_kwh, 4),
-                peak_w=round(session.peak_w, 1),
-                confidence=round(min(max(session.confidence, 0.0), 1.0), 3),
-                profile=session.profile,
-                detail=_evidence_text(session),
-            ),
+        msg = AlertMsg(
+            msg_id=self.publisher.next_msg_id(),
+            gateway=self.config.gateway,
+            ts=self.clock.now(),
+            alert_id=alert_id,
+            kind="ebike_charging",
+            state="closed" if closed else "open",
+            household=household,
+            device=dev.name,
+            start=session.start,
+            end=session.end if closed else None,
+            energy_kwh=round(session.energy_kwh, 4),
+            peak_w=round(session.peak_w, 1),
+            confidence=round(min(max(session.confidence, 0.0), 1.0), 3),
+            profile=session.profile,
+            detail=_evidence_text(session),
         )
+        self.publisher.publish(alert_topic(self.config.gateway, household), msg, kind="alert")
+        self.alerts.append(msg)
         hh.open_alert_id = None if closed else alert_id
         log.info("%s charging alert %s for %s", "closed" if closed else "open", alert_id, household)
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import tempfile
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class DemoResult:
     metrics: dict[str, float]
     health: dict[str, dict] = field(default_factory=dict)
     ingest: dict[str, int] = field(default_factory=dict)
+    #: msg_id of every alert message the agent published, and of every one in the store
+    sent_alert_msgs: list[str] = field(default_factory=list)
+    stored_alert_msgs: list[str] = field(default_factory=list)
 
     def report(self) -> dict:
         return {"alerts": self.alerts, "truth": self.truth, "metrics": self.metrics}
@@ -93,6 +97,24 @@ class _TeeStore:
         if self.other is not None:
             self.other.close()
         self.local.close()
+
+
+class _DeviceThread:
+    """The simulated devices run on their own event loop in their own thread, as real
+    meters run on their own hardware: the agent's loop only polls."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="flylead-devices", daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout_s: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 def _session_row(kind: str, household: str, start: float, end: float | None,
@@ -139,6 +161,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
     embedded = None
     servers: dict[str, MeterServer] = {}
     ingest = publisher = None
+    devices = _DeviceThread()
     try:
         if opts.broker is None:
             embedded = EmbeddedBroker()
@@ -148,7 +171,7 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             host, port = opts.broker
         for i, trace in enumerate(scenario.traces):
             server = MeterServer({1: trace}, profile=DEMO_PROFILES[i % len(DEMO_PROFILES)], clock=clock)
-            await server.start()
+            devices.run(server.start())
             servers[trace.household] = server
         ingest = Ingest(store, host, port, client_id=f"flylead-ingest-{uuid.uuid4().hex[:6]}",
                         protocol=opts.mqtt_protocol, gateway=opts.gateway)
@@ -167,20 +190,29 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
         await run
         if not await asyncio.to_thread(publisher.drain, 30.0):
             log.warning("%d messages not acknowledged by the broker", publisher.unacked)
+        # everything the broker acknowledged must have reached the ingest and the store
+        arrived = await asyncio.to_thread(
+            ingest.wait_for, lambda: ingest.accepted + ingest.duplicates >= publisher.published, 30.0)
+        if not arrived:
+            log.warning("ingest has %d of %d messages", ingest.accepted, publisher.published)
         await asyncio.to_thread(ingest.flush, 30.0)
         health = agent.health()
+        every_stored = local.alerts()
+        stored = sorted((a for a in every_stored if a.kind == "ebike_charging" and a.state == "closed"),
+                        key=lambda a: (a.start, a.household))
+        sent = list(agent.alerts)
     finally:
         if publisher is not None:
             publisher.close()
         if ingest is not None:
             ingest.stop()
         for server in servers.values():
-            await server.stop()
+            devices.run(server.stop())
+        devices.close()
         if embedded is not None:
             embedded.stop()
+        store.close()
 
-    stored = sorted(local.alerts(kind="ebike_charging", state="closed"),
-                    key=lambda a: (a.start, a.household))
     metrics = match_sessions(stored, scenario.truth)
     result = DemoResult(
         alerts=[_session_row(a.kind, a.household, a.start, a.end, a.energy_kwh, a.confidence)
@@ -191,8 +223,9 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
         health=health,
         ingest={"accepted": ingest.accepted, "rejected": ingest.rejected,
                 "duplicates": ingest.duplicates},
+        sent_alert_msgs=[a.msg_id for a in sent],
+        stored_alert_msgs=[a.msg_id for a in every_stored],
     )
-    store.close()
     tmpdir.cleanup()
     return result
 

@@ -1,0 +1,84 @@
+"""The agent polls real Modbus TCP meter simulators and isolates a dead device."""
+
+import asyncio
+import time
+
+import numpy as np
+
+from agent.config import MqttSettings, parse_config
+from agent.publisher import Publisher
+from agent.runner import Agent
+from flylead.clock import SimClock
+from simulators.meter import MeterServer
+from simulators.trace import LoadTrace
+
+INTERVAL_S = 0.5
+TIMEOUT_S = 0.2
+
+
+def constant_trace(name: str, watts: float, start: float) -> LoadTrace:
+    return LoadTrace(name, start, 60.0, np.full(600, watts))
+
+
+def gaps(times: list[float]) -> np.ndarray:
+    return np.diff(np.asarray(times))
+
+
+def test_dead_device_delays_others_by_at_most_its_timeout(mosquitto):
+    """Three meters share one bus (a Modbus TCP gateway); one goes silent half-way.
+
+    Clock speed 1, so clock seconds are real seconds and timeouts compare directly.
+    """
+    start = time.time()
+    clock = SimClock(start, speed=1.0)
+
+    async def scenario():
+        shared = MeterServer({i: constant_trace(f"h{i}", 100.0 * i, start) for i in (1, 2, 3)},
+                             profile="sdm120", clock=clock)
+        alone = MeterServer({1: constant_trace("h4", 400.0, start)}, profile="ddsu666", clock=clock)
+        await shared.start()
+        await alone.start()
+        cfg = parse_config({
+            "gateway": "t-isolation",
+            "buses": [{"name": "shared", "tcp": f"127.0.0.1:{shared.port}"},
+                      {"name": "alone", "tcp": f"127.0.0.1:{alone.port}"}],
+            "devices": [
+                *({"name": f"m{i}", "bus": "shared", "profile": "sdm120", "device_id": i,
+                   "interval_s": INTERVAL_S, "timeout_s": TIMEOUT_S} for i in (1, 2, 3)),
+                {"name": "m4", "bus": "alone", "profile": "ddsu666", "interval_s": INTERVAL_S,
+                 "timeout_s": TIMEOUT_S},
+            ],
+            "max_backoff_s": 4.0,
+        })
+        pub = Publisher("t-isolation", MqttSettings())
+        pub.connect()
+        values: dict[str, list[float]] = {}
+        agent = Agent(cfg, clock, pub, on_reading=lambda r: values.setdefault(r.device, []).append(
+            r.values["active_power"]))
+        run = asyncio.create_task(agent.run(until=start + 8.0))
+        await asyncio.sleep(2.0)
+        shared.set_fault(2, "silent")
+        killed_at = clock.now()
+        await run
+        pub.close()
+        await shared.stop()
+        await alone.stop()
+        return agent, values, killed_at
+
+    agent, values, killed_at = asyncio.run(scenario())
+    m1, m2, m3, m4 = (agent.devices[f"m{i}"] for i in (1, 2, 3, 4))
+    # the silent device timed out and was backed off (0.5, 1, 2, 4 s): few attempts in 6 s
+    assert m2.errors.get("DeviceTimeout", 0) >= 2
+    assert m2.polls - m2.ok <= 5
+    # its neighbours on the same bus kept their schedule, late by at most one timeout
+    for dev in (m1, m3):
+        assert dev.ok >= 14, dev.ok
+        assert gaps(dev.poll_times).max() <= INTERVAL_S + TIMEOUT_S + 0.15
+    # the device on another bus never noticed
+    assert m4.ok >= 15
+    assert gaps(m4.poll_times).max() <= INTERVAL_S + 0.15
+    # values never crossed between devices: each meter's power is its own
+    assert set(values["m1"]) == {100.0}
+    assert set(values["m3"]) == {300.0}
+    assert {round(v, 3) for v in values["m4"]} == {400.0}  # DDSU666: float32 kW * 1000
+    assert values["m2"] and set(values["m2"]) == {200.0}
