@@ -110,6 +110,12 @@ class Agent:
     async def _poll_bus(self, bus_name: str, members: list[DeviceState], until: float | None) -> None:
         bus = self._buses[bus_name]
         while until is None or self.clock.now() < until:
+            now = self.clock.now()
+            for member in members:  # the wall clock was stepped back (NTP): re-anchor
+                if member.next_due > now + self.config.max_backoff_s + member.settings.interval_s:
+                    log.warning("%s: clock stepped back %.0f s; rescheduling",
+                                member.settings.name, member.next_due - now)
+                    member.next_due = now
             state = min(members, key=lambda s: s.next_due)
             if until is not None and state.next_due >= until:
                 await self.clock.sleep_until(until)

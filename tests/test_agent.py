@@ -82,3 +82,49 @@ def test_dead_device_delays_others_by_at_most_its_timeout(mosquitto):
     assert set(values["m3"]) == {300.0}
     assert {round(v, 3) for v in values["m4"]} == {400.0}  # DDSU666: float32 kW * 1000
     assert values["m2"] and set(values["m2"]) == {200.0}
+
+
+class SteppableClock(SimClock):
+    """Real-time clock whose reading can be stepped, like an NTP correction."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(start, speed=1.0)
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.offset
+
+
+def test_clock_stepped_back_does_not_stop_polling(mosquitto):
+    start = time.time()
+    clock = SteppableClock(start)
+
+    async def scenario():
+        server = MeterServer({1: constant_trace("h1", 150.0, start - 7200)}, profile="sdm120", clock=clock)
+        await server.start()
+        cfg = parse_config({
+            "gateway": "t-clockstep", "max_backoff_s": 10.0,
+            "buses": [{"name": "b", "tcp": f"127.0.0.1:{server.port}"}],
+            "devices": [{"name": "m1", "bus": "b", "profile": "sdm120", "interval_s": 0.2}],
+        })
+        pub = Publisher("t-clockstep", MqttSettings())
+        pub.connect()
+        agent = Agent(cfg, clock, pub)
+        run = asyncio.create_task(agent.run())
+        await asyncio.sleep(1.0)
+        before = agent.devices["m1"].ok
+        clock.offset = -3600.0  # the wall clock jumps an hour back
+        await asyncio.sleep(1.5)
+        after = agent.devices["m1"].ok
+        run.cancel()
+        try:
+            await run
+        except asyncio.CancelledError:
+            pass
+        pub.close()
+        await server.stop()
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert before >= 4
+    assert after - before >= 5  # polling went on at 5 a second after the step
