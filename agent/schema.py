@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drivers.reading import UNITS
+from drivers.reading import quantity_unit
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = f"flylead/v{SCHEMA_VERSION}"
@@ -82,7 +82,12 @@ class TelemetryMsg(_Msg):
     @field_validator("values")
     @classmethod
     def _known_quantities(cls, values: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(values) - set(UNITS))
+        unknown = []
+        for name in sorted(values):
+            try:
+                quantity_unit(name)
+            except ValueError:
+                unknown.append(name)
         if unknown:
             raise ValueError(f"unknown quantities {unknown}")
         if len(values) == 0:

@@ -19,7 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="flylead: find flying-lead e-bike charging and unsafe wiring, and alert the people who act on it.",
 )
-console = Console()
+# wide enough for ISO 8601 timestamps even when piped (rich defaults to 80 columns)
+console = Console(width=max(Console().width, 120))
 
 
 def _host_port(text: str, what: str) -> tuple[str, int]:
@@ -164,6 +165,241 @@ def ingest(
         st.close()
         typer.echo(json.dumps({"accepted": ing.accepted, "rejected": ing.rejected,
                                "duplicates": ing.duplicates}))
+
+
+def _line_target(tcp: str | None, rtu_tcp: str | None, serial_port: str | None) -> tuple[str, str]:
+    """(kind, target) of the one bus option given ("tcp", "rtu-tcp" or "serial")."""
+    given = [(k, v) for k, v in (("tcp", tcp), ("rtu-tcp", rtu_tcp), ("serial", serial_port)) if v]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --tcp HOST:PORT, --rtu-tcp HOST:PORT, --serial PORT")
+    kind, target = given[0]
+    if kind != "serial":
+        host, port = _host_port(target, f"--{kind}")
+        target = f"{host}:{port}"
+    return kind, target
+
+
+def _line_settings(baud: int | None, parity: str | None, dlt645: bool) -> tuple[int, str]:
+    """Baud rate and parity: DL/T 645 defaults to 2400 8E1 (domain-facts.md §6), Modbus to
+    9600 8N1 (the bundled meters' setting, domain-facts.md §5)."""
+    parity = (parity or ("E" if dlt645 else "N")).upper()
+    if parity not in ("N", "E", "O"):
+        raise typer.BadParameter(f"--parity must be N, E or O, got {parity!r}")
+    return baud or (2400 if dlt645 else 9600), parity
+
+
+@app.command("read")
+def read_device(
+    profile: Annotated[str, typer.Option("--profile", help="Device profile (sdm120, ddsu666, ebike_pile, fire_detector, a .toml path) or dlt645.")],
+    tcp: Annotated[str | None, typer.Option("--tcp", help="Modbus TCP device or gateway HOST:PORT.")] = None,
+    rtu_tcp: Annotated[str | None, typer.Option("--rtu-tcp", help="Transparent RS-485 gateway HOST:PORT (RTU or DL/T 645 frames over TCP).")] = None,
+    serial_port: Annotated[str | None, typer.Option("--serial", help="Serial port, e.g. /dev/ttyUSB0.")] = None,
+    baud: Annotated[int | None, typer.Option("--baud", min=300, max=1_000_000, help="Baud rate (default 9600; DL/T 645 2400).")] = None,
+    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O (default N; DL/T 645 E).")] = None,
+    device_id: Annotated[int | None, typer.Option("--device-id", min=1, max=247, help="Modbus device id (default 1).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="DL/T 645 meter address, 12 digits (default AAAAAAAAAAAA, one meter on the line).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.01, max=60.0, help="Reply timeout, s (default 1; DL/T 645 2).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print one JSON object {"device", "values": {name: {"value", "unit"}}}.')] = False,
+) -> None:
+    """Read one device once and print its values with units.
+
+    Exit 0 on success, 1 when the device fails (timeout, exception or malformed reply,
+    port or connection error), 2 for bad arguments."""
+    import termios
+
+    from drivers.profile import ProfileError, load_profile
+    from drivers.reading import DriverError, quantity_unit
+    from flylead.clock import WallClock
+
+    kind, target = _line_target(tcp, rtu_tcp, serial_port)
+    dlt645 = profile == "dlt645"
+    baudrate, par = _line_settings(baud, parity, dlt645)
+    clock = WallClock()
+    if dlt645:
+        from drivers.dlt645 import WILDCARD_ADDRESS, Dlt645Client, address_to_wire
+
+        if device_id is not None:
+            raise typer.BadParameter("--device-id is for Modbus; DL/T 645 takes --address")
+        meter = (address or WILDCARD_ADDRESS).upper()
+        try:
+            address_to_wire(meter)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--address: {exc}") from None
+        port = target if kind == "serial" else f"socket://{target}"
+        name = f"dlt645-{meter}"
+        client = Dlt645Client(port, clock=clock, baudrate=baudrate, parity=par, timeout_s=timeout or 2.0)
+
+        async def run() -> tuple[dict[str, float], dict[str, str | int | float]]:
+            async with client:
+                return (await client.read(meter, device=name)).values, {}
+    else:
+        from drivers.modbus import DeviceSpec, open_bus
+
+        if address is not None:
+            raise typer.BadParameter("--address is for DL/T 645; Modbus takes --device-id")
+        try:
+            load_profile(profile)
+        except ProfileError as exc:
+            raise typer.BadParameter(f"--profile: {exc}") from None
+        unit_id = device_id or 1
+        name = f"{profile.rsplit('/', 1)[-1].removesuffix('.toml')}-{unit_id}"
+        spec = DeviceSpec(name, profile, unit_id, timeout_s=timeout or 1.0)
+        bus = open_bus(kind, target, clock=clock, baudrate=baudrate, parity=par)
+
+        async def run() -> tuple[dict[str, float], dict[str, str | int | float]]:
+            async with bus:
+                values = (await bus.read(spec)).values
+                info = {} if as_json else await _optional_info(bus, spec)
+                return values, info
+    try:
+        values, info = asyncio.run(run())
+    except (DriverError, OSError, termios.error) as exc:  # termios.error: a port refusing settings
+        typer.echo(str(exc) if isinstance(exc, DriverError) else f"{kind} {target}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        out = {key: {"value": value, "unit": quantity_unit(key)} for key, value in values.items()}
+        typer.echo(json.dumps({"device": name, "values": out}))
+        return
+    typer.echo(f"{name} ({kind} {target})")
+    for key, text in info.items():
+        typer.echo(f"  {key:<28} {text}")
+    for key, value in values.items():
+        typer.echo(f"  {key:<28} {value:.10g} {quantity_unit(key)}".rstrip())
+
+
+async def _optional_info(bus, spec) -> dict[str, str | int | float]:
+    """A profile's identification entries, or nothing if the device does not have them."""
+    from drivers.reading import DecodeError, DeviceException, DeviceTimeout
+
+    try:
+        return await bus.read_info(spec)
+    except (DeviceException, DeviceTimeout, DecodeError):
+        return {}
+
+
+def _parse_ids(text: str) -> list[int]:
+    """``"1-247"``, ``"1,3,10-12"`` -> device ids (1..247, in order, no repeats)."""
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise typer.BadParameter(f"--ids must look like 1-247 or 1,3,5-7, got {text!r}")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if not 1 <= first <= last <= 247:
+            raise typer.BadParameter(f"--ids must lie in 1..247 (low to high), got {part!r}")
+        ids.extend(i for i in range(first, last + 1) if i not in ids)
+    return ids
+
+
+@app.command("bus-scan")
+def bus_scan(
+    tcp: Annotated[str | None, typer.Option("--tcp", help="Modbus TCP gateway HOST:PORT.")] = None,
+    rtu_tcp: Annotated[str | None, typer.Option("--rtu-tcp", help="Transparent RS-485 gateway HOST:PORT.")] = None,
+    serial_port: Annotated[str | None, typer.Option("--serial", help="Serial port, e.g. /dev/ttyUSB0.")] = None,
+    baud: Annotated[int | None, typer.Option("--baud", min=300, max=1_000_000, help="Baud rate (default 9600; DL/T 645 2400).")] = None,
+    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O (default N; DL/T 645 E).")] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="modbus or dlt645.")] = "modbus",
+    ids: Annotated[str, typer.Option("--ids", help="Modbus device ids to probe, e.g. 1-247 or 1,3,5-7.")] = "1-247",
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.01, max=60.0, help="Reply timeout per request, s (default 0.3; DL/T 645 2).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Find the devices on a bus and the profile that fits each.
+
+    Modbus: the ids that answer a probe, and the profile whose registers read plausibly
+    (voltage 80-300 V, ...).  DL/T 645: the meter's address (read-address C=13H to the
+    wildcard address; one meter on the line).
+
+    Exit 0 when the scan ran (even if nothing answered), 1 when the bus failed, 2 for bad
+    arguments."""
+    import termios
+
+    from drivers.reading import DeviceTimeout, DriverError
+    from flylead.clock import WallClock
+
+    if protocol not in ("modbus", "dlt645"):
+        raise typer.BadParameter(f"--protocol must be modbus or dlt645, got {protocol!r}")
+    kind, target = _line_target(tcp, rtu_tcp, serial_port)
+    baudrate, par = _line_settings(baud, parity, protocol == "dlt645")
+    clock = WallClock()
+    if protocol == "dlt645":
+        from drivers.dlt645 import Dlt645Client
+
+        port = target if kind == "serial" else f"socket://{target}"
+        client = Dlt645Client(port, clock=clock, baudrate=baudrate, parity=par, timeout_s=timeout or 2.0)
+
+        async def find_meter() -> list[str]:
+            async with client:
+                try:
+                    return [await client.read_address(device="bus-scan")]
+                except DeviceTimeout:
+                    return []
+
+        try:
+            addresses = asyncio.run(find_meter())
+        except (DriverError, OSError, termios.error) as exc:
+            typer.echo(str(exc) if isinstance(exc, DriverError) else f"{kind} {target}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(json.dumps({"protocol": "dlt645", "bus": f"{kind} {target}",
+                                   "devices": [{"address": a, "profile": "dlt645"} for a in addresses]}))
+        elif addresses:
+            typer.echo(f"DL/T 645 meter at address {addresses[0]} ({kind} {target})")
+        else:
+            typer.echo(f"no DL/T 645 meter answered the read-address request ({kind} {target})")
+        return
+
+    from drivers.modbus import open_bus, scan_bus
+
+    wanted = _parse_ids(ids)
+    bus = open_bus(kind, target, clock=clock, baudrate=baudrate, parity=par)
+
+    async def scan() -> list:
+        async with bus:
+            return await scan_bus(bus, wanted, timeout_s=timeout or 0.3)
+
+    try:
+        hits = asyncio.run(scan())
+    except (DriverError, OSError, termios.error) as exc:
+        typer.echo(str(exc) if isinstance(exc, DriverError) else f"{kind} {target}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        devices = []
+        for hit in hits:
+            best = next((m for m in hit.matches if m.profile == hit.best), None)
+            devices.append({
+                "device_id": hit.device_id,
+                "probe": hit.probe,
+                "profile": hit.best,
+                "values": best.values if best else {},
+                "profiles": {m.profile: {"plausible": m.plausible, "checked": m.checked, "reason": m.reason}
+                             for m in hit.matches},
+            })
+        typer.echo(json.dumps({"protocol": "modbus", "bus": f"{kind} {target}", "devices": devices}))
+        return
+    if not hits:
+        typer.echo(f"no Modbus device answered ids {ids} ({kind} {target})")
+    for hit in hits:
+        if hit.best is None:
+            typer.echo(f"id {hit.device_id}: answered ({hit.probe}), no profile matches")
+            for m in hit.matches:
+                typer.echo(f"  {m.profile}: {m.reason}")
+            continue
+        best = next(m for m in hit.matches if m.profile == hit.best)
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in list(best.values.items())[:4])
+        typer.echo(f"id {hit.device_id}: {hit.best} ({best.checked} values plausible: {shown})")
+
+
+def _register_server_commands() -> None:
+    """Server-side commands (alert desk, reports, broker credentials) live in broker/cli.py;
+    that module keeps its heavy imports inside the commands."""
+    try:
+        from broker import cli as server_cli
+    except ImportError:  # not written yet in this checkout
+        return
+    server_cli.register(app)
+
+
+_register_server_commands()
 
 
 def main() -> None:

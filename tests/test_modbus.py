@@ -1,7 +1,8 @@
 """ModbusTcpBus against real pymodbus servers (MeterServer) over TCP on 127.0.0.1, no mocks.
 
-Expected values are the float32 of the trace's values (the wire type of both profiles),
-domain-facts.md §5; DDSU666 power travels in kW (FC-046).
+Expected values are the float32 of the trace's values (the wire type of both meter
+profiles), domain-facts.md §5; DDSU666 power travels in kW (FC-046); the pile and the
+fire detector's values are those of tests/test_rtu.py through their reference maps.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from drivers import (
     DeviceTimeout,
     DriverError,
     ModbusTcpBus,
+    open_bus,
+    scan_bus,
 )
 from flylead.clock import SimClock
-from simulators.meter import MeterServer
+from simulators.meter import MeterServer, constant_values
 from simulators.trace import LoadTrace
+from tests.test_rtu import DEVICES, FIRE_EXPECTED, PILE_EXPECTED, SDM120_EXPECTED
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -443,3 +447,102 @@ def test_meter_server_rejects_bad_faults():
         server.set_fault(1, "smoke")
     with pytest.raises(ValueError):
         server.set_fault(2, "silent")
+
+
+# -- every profile over Modbus TCP, health, scan ---------------------------------------------
+
+
+async def serve_all(ids=(1, 2, 3, 4)):
+    clock = SimClock(START, speed=1.0)
+    server = MeterServer(
+        {i: constant_values(DEVICES[i][1]) for i in ids},
+        profile={i: DEVICES[i][0] for i in ids},
+        clock=clock,
+        delay_s=0.4,
+    )
+    await server.start()
+    return clock, server, open_bus("tcp", f"127.0.0.1:{server.port}", clock=clock)
+
+
+def test_every_profile_over_modbus_tcp():
+    async def main():
+        clock, server, bus = await serve_all()
+        try:
+            async with bus:
+                values = {i: (await bus.read(DeviceSpec(f"dev{i}", DEVICES[i][0], i))).values for i in DEVICES}
+                fire_info = await bus.read_info(DeviceSpec("dev4", "fire_detector", 4))
+            return values, fire_info, dict(server.requests)
+        finally:
+            await server.stop()
+
+    values, fire_info, requests = run(main())
+    for device_id, (_profile, _values, expected) in DEVICES.items():
+        assert values[device_id] == expected, device_id
+    assert fire_info == {"model": "FD-R1T4", "serial_number": 12345678}
+    assert requests == {1: 2, 2: 5, 3: 2, 4: 3}  # planned reads (+1 identification read)
+
+
+def test_health_counts_per_device_over_tcp():
+    async def main():
+        clock, server, bus = await serve_all(ids=(1, 4))
+        try:
+            async with bus:
+                meter, fire = DeviceSpec("meter", "sdm120", 1), DeviceSpec("fire", "fire_detector", 4, 0.2)
+                await bus.read(meter)
+                await bus.read(fire)
+                server.set_fault(4, "exception")
+                with pytest.raises(DeviceException):
+                    await bus.read(fire)
+                server.set_fault(4, "slow")
+                with pytest.raises(DeviceTimeout):
+                    await bus.read(fire)
+                server.set_fault(4, None)
+                return bus.health()
+        finally:
+            await server.stop()
+
+    health = run(main())
+    assert set(health) == {"meter", "fire"}
+    assert set(health["fire"]) == {
+        "requests", "responses", "exceptions", "timeouts", "crc_errors", "frame_errors",
+        "discarded_bytes", "latency_mean_s", "latency_max_s", "consecutive_failures",
+    }
+    meter, fire = health["meter"], health["fire"]
+    assert (meter["requests"], meter["responses"], meter["timeouts"]) == (2.0, 2.0, 0.0)
+    assert (fire["requests"], fire["responses"], fire["exceptions"], fire["timeouts"]) == (4.0, 2.0, 1.0, 1.0)
+    assert fire["consecutive_failures"] == 2.0
+    assert 0 < meter["latency_mean_s"] <= meter["latency_max_s"] < 0.2
+
+
+def test_scan_finds_each_profile_over_tcp():
+    async def main():
+        clock, server, bus = await serve_all()
+        try:
+            async with bus:
+                return await scan_bus(bus, range(1, 7), timeout_s=0.2)
+        finally:
+            await server.stop()
+
+    hits = run(main())
+    # ids 5 and 6: the gateway answers exception 11 (no such device): absent
+    assert [(h.device_id, h.best) for h in hits] == [
+        (1, "sdm120"), (2, "ddsu666"), (3, "ebike_pile"), (4, "fire_detector"),
+    ]
+    sdm = {m.profile: m for m in hits[0].matches}
+    assert sdm["sdm120"].values == SDM120_EXPECTED and sdm["sdm120"].checked == 10
+    assert not sdm["ddsu666"].plausible and "exception 2 (illegal data address)" in sdm["ddsu666"].reason
+    assert {m.profile: m.plausible for m in hits[2].matches}["ebike_pile"]
+    assert {m.profile: m.values for m in hits[2].matches}["ebike_pile"] == PILE_EXPECTED
+    assert {m.profile: m.values for m in hits[3].matches}["fire_detector"] == FIRE_EXPECTED
+
+
+def test_scan_rejects_zeros_and_nonsense(tmp_path):
+    """FC-031: an SDM answers a probe of a foreign map with zeros; C-06: a swapped word
+    order gives nonsense.  Neither is a plausible match."""
+    from drivers.modbus import _check_plausible
+
+    assert _check_plausible({"voltage": 0.0, "frequency": 0.0})[1] == "voltage = 0 outside 80..300"
+    assert _check_plausible({"voltage": 2.418e-41})[1].startswith("voltage = 2.418e-41 outside")
+    assert _check_plausible({"voltage": 230.0, "voltage.3": 0.0, "port_state.3": 2.0}) == (2, "")
+    assert _check_plausible({"port_state.3": 7.0})[1] == "port_state.3 = 7 outside 1..4"
+    assert _check_plausible({"alarm_x": 1.0}) == (0, "no value to check")
