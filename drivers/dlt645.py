@@ -40,6 +40,7 @@ Field pitfalls handled, with the vector that shows each (field-vectors.md sectio
 from __future__ import annotations
 
 import asyncio
+import termios
 import threading
 import time
 from collections.abc import Iterable
@@ -982,7 +983,8 @@ class Dlt645Client:
             self._serial = serial.serial_for_url(
                 self.port, timeout=_POLL_S, write_timeout=self.timeout_s, **self._settings
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            # termios.error is not an OSError: a port (or pty) refusing the line settings
             raise DriverError(f"{who}: cannot open serial port {self.port} ({exc})") from None
         return self._serial
 

@@ -47,6 +47,8 @@ UNITS: dict[str, str] = {
     # e-bike charging piles: port state code 1 idle, 2 charging, 3 disabled, 4 fault
     # (the codes of the Dianchuan board, field-vectors.md FC-050; see PORT_STATES)
     "port_state": "",
+    # time a charging port has left of what was bought (Dianchuan 0x06, issue 8)
+    "remaining_time": "s",
 }
 
 #: Prefixes of flag names (unit ``""``, value 0 or 1).

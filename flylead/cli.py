@@ -190,7 +190,7 @@ def _line_settings(baud: int | None, parity: str | None, dlt645: bool) -> tuple[
 
 @app.command("read")
 def read_device(
-    profile: Annotated[str, typer.Option("--profile", help="Device profile (sdm120, ddsu666, ebike_pile, fire_detector, a .toml path) or dlt645.")],
+    profile: Annotated[str, typer.Option("--profile", help="Device profile (sdm120, ddsu666, ebike_pile, fire_detector, a .toml path), dlt645 or dianchuan.")],
     tcp: Annotated[str | None, typer.Option("--tcp", help="Modbus TCP device or gateway HOST:PORT.")] = None,
     rtu_tcp: Annotated[str | None, typer.Option("--rtu-tcp", help="Transparent RS-485 gateway HOST:PORT (RTU or DL/T 645 frames over TCP).")] = None,
     serial_port: Annotated[str | None, typer.Option("--serial", help="Serial port, e.g. /dev/ttyUSB0.")] = None,
@@ -215,7 +215,19 @@ def read_device(
     dlt645 = profile == "dlt645"
     baudrate, par = _line_settings(baud, parity, dlt645)
     clock = WallClock()
-    if dlt645:
+    if profile == "dianchuan":
+        from drivers.dianchuan import DianchuanPile
+
+        if device_id is not None or address is not None:
+            raise typer.BadParameter("the dianchuan board has no device id or address")
+        port = target if kind == "serial" else f"socket://{target}"
+        name = "dianchuan"
+        pile = DianchuanPile(port, device=name, clock=clock, timeout_s=timeout or 1.0)
+
+        async def run() -> tuple[dict[str, float], dict[str, str | int | float]]:
+            async with pile:
+                return _pile_values(await pile.read_ports()), {}
+    elif dlt645:
         from drivers.dlt645 import WILDCARD_ADDRESS, Dlt645Client, address_to_wire
 
         if device_id is not None:
@@ -265,6 +277,20 @@ def read_device(
         typer.echo(f"  {key:<28} {text}")
     for key, value in values.items():
         typer.echo(f"  {key:<28} {value:.10g} {quantity_unit(key)}".rstrip())
+
+
+def _pile_values(ports) -> dict[str, float]:
+    """Port readings as channel values: ``port_state.N`` (code, drivers.reading.PORT_STATES),
+    ``active_power.N`` (W), ``remaining_time.N`` (s) — the names the Modbus pile profile uses."""
+    from drivers.reading import PORT_STATES
+
+    code = {state: c for c, state in PORT_STATES.items()}
+    values: dict[str, float] = {}
+    for p in ports:
+        values[f"port_state.{p.port}"] = float(code[str(p.state)])
+        values[f"active_power.{p.port}"] = float(p.power_w)
+        values[f"remaining_time.{p.port}"] = float(p.remaining_s)
+    return values
 
 
 async def _optional_info(bus, spec) -> dict[str, str | int | float]:

@@ -240,3 +240,29 @@ def test_bus_scan_bad_arguments_exit_2(args, message):
     result = flylead("bus-scan", *args)
     assert result.exit_code == 2
     assert message in " ".join(result.stderr.split())
+
+
+def test_read_dianchuan_board_json():
+    """Issue 8: every port's state and power from the 10-port board on a pty."""
+    from drivers.pile import PortState
+    from simulators.dianchuan_board import ChargeProfile, DianchuanBoard
+
+    clock = SimClock(1_800_000_000.0, speed=1.0)
+    board = DianchuanBoard(clock=clock).start()
+    try:
+        board.plug_in(3, 120, profile=ChargeProfile(bulk_w=150.0, bulk_s=7200.0))
+        board.set_port(7, PortState.DISABLED)
+        result = flylead("read", "--profile", "dianchuan", "--serial", board.path, "--json")
+    finally:
+        board.stop()
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    values = {k: v["value"] for k, v in out["values"].items()}
+    assert out["device"] == "dianchuan"
+    assert len([k for k in values if k.startswith("port_state.")]) == 10
+    assert values["port_state.3"] == 2.0 and values["port_state.7"] == 3.0 and values["port_state.1"] == 1.0
+    assert values["active_power.3"] == pytest.approx(150.0, abs=0.1)
+    assert values["active_power.1"] == 0.0
+    assert 7000 <= values["remaining_time.3"] <= 7200
+    assert out["values"]["remaining_time.3"]["unit"] == "s"
+    assert out["values"]["active_power.3"]["unit"] == "W"
