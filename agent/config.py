@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agent.schema import NAME_PATTERN
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+_HOST_PORT = r"^[A-Za-z0-9_.:\[\]-]+:[0-9]{1,5}$"
 
 
 class ConfigError(ValueError):
@@ -41,18 +42,45 @@ class MqttSettings(_Strict):
 class BusSettings(_Strict):
     """One physical or TCP bus: one request at a time on it.
 
-    ``tcp`` is ``HOST:PORT`` of a Modbus TCP device or gateway.  ``pause_s`` is the
-    silence kept between two requests on the bus (field-vectors C-08: some meters need
-    100 ms or more).
+    Exactly one of ``tcp`` (Modbus TCP device or gateway, ``HOST:PORT``), ``rtu_tcp`` (RTU
+    or DL/T 645 frames through a transparent RS-485 gateway, ``HOST:PORT``) or ``serial``
+    (a serial port path) says where.  ``protocol`` is what the devices on it speak.
+    ``pause_s`` is the silence kept between two requests (field-vectors C-08: some meters
+    need 100 ms or more).  Serial defaults: 9600 8N1 for Modbus (the bundled meters'
+    setting, domain-facts §5), 2400 8E1 for DL/T 645 (§6), 9600 8N1 for the Dianchuan board.
     """
 
     name: Name
-    tcp: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\[\]-]+:[0-9]{1,5}$")]
+    protocol: Literal["modbus", "dlt645", "dianchuan"] = "modbus"
+    tcp: Annotated[str, Field(pattern=_HOST_PORT)] | None = None
+    rtu_tcp: Annotated[str, Field(pattern=_HOST_PORT)] | None = None
+    serial: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] | None = None
+    parity: Literal["N", "E", "O"] | None = None
+    echo: bool = False
     pause_s: Annotated[float, Field(ge=0, le=10)] = 0.0
+
+    @model_validator(mode="after")
+    def _one_target(self) -> BusSettings:
+        given = [k for k in ("tcp", "rtu_tcp", "serial") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"bus {self.name!r}: give exactly one of tcp, rtu_tcp, serial (got {given or 'none'})")
+        if self.protocol != "modbus" and self.tcp is not None:
+            raise ValueError(f"bus {self.name!r}: {self.protocol} is a serial protocol; use rtu_tcp or serial")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``tcp``, ``rtu-tcp`` or ``serial``."""
+        return "tcp" if self.tcp else "rtu-tcp" if self.rtu_tcp else "serial"
+
+    @property
+    def target(self) -> str:
+        return self.tcp or self.rtu_tcp or self.serial or ""
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.tcp.rpartition(":")
+        host, _, port = self.target.rpartition(":")
         return host.strip("[]"), int(port)
 
 
@@ -66,12 +94,23 @@ class DeviceSettings(_Strict):
 
     name: Name
     bus: Name
+    #: Modbus profile name (drivers/profiles/*.toml), or ``dlt645`` / ``dianchuan``.
     profile: Name
     device_id: Annotated[int, Field(ge=1, le=247)] = 1
+    #: DL/T 645 meter address (12 digits, or AAAAAAAAAAAA for the only meter on a line).
+    address: Annotated[str, Field(pattern=r"^([0-9]{12}|[Aa]{12})$")] | None = None
     household: Name | None = None
     interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     timeout_s: Annotated[float, Field(gt=0, le=30)] = 0.5
     retries: Annotated[int, Field(ge=0, le=5)] = 0
+
+
+class OutboxSettings(_Strict):
+    """The durable queue between the agent and the broker (agent/outbox.py)."""
+
+    path: str = "flylead-outbox.sqlite"
+    max_messages: Annotated[int, Field(ge=100, le=10_000_000)] = 200_000
+    commit_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
 class AgentConfig(_Strict):
@@ -80,6 +119,9 @@ class AgentConfig(_Strict):
     gateway: Name
     tz: str = "Asia/Shanghai"
     mqtt: MqttSettings = MqttSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    #: Period of the health messages (clock s): uptime, outbox, per-device bus health.
+    health_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     buses: list[BusSettings]
     devices: list[DeviceSettings]
     #: Longest wait before retrying a device that stopped answering (clock s).
@@ -95,9 +137,17 @@ class AgentConfig(_Strict):
         dev_names = [d.name for d in self.devices]
         if len(set(dev_names)) != len(dev_names):
             raise ValueError("device names must be unique")
+        protocols = {b.name: b.protocol for b in self.buses}
         for i, dev in enumerate(self.devices):
             if dev.bus not in bus_names:
                 raise ValueError(f"devices[{i}] ({dev.name}): unknown bus {dev.bus!r}")
+            proto = protocols[dev.bus]
+            if proto != "modbus" and dev.profile != proto:
+                raise ValueError(f"devices[{i}] ({dev.name}): bus {dev.bus!r} speaks {proto}; profile must be {proto!r}")
+            if proto == "modbus" and dev.profile in ("dlt645", "dianchuan"):
+                raise ValueError(f"devices[{i}] ({dev.name}): profile {dev.profile!r} needs a bus with protocol = {dev.profile!r}")
+            if dev.address is not None and proto != "dlt645":
+                raise ValueError(f"devices[{i}] ({dev.name}): address is for DL/T 645 devices")
         return self
 
 

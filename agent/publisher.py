@@ -149,7 +149,9 @@ class Publisher:
             if commit_now or time.monotonic() - last_commit >= self.commit_interval_s:
                 self.outbox.commit()
                 last_commit = time.monotonic()
-            if room > 0:
+            # nothing new is handed to paho while offline: the outbox (bounded, with its
+            # drop policy) keeps it; paho resends its own in-flight window on reconnect
+            if room > 0 and self._connected.is_set():
                 for entry in self.outbox.peek(after, room):
                     info = self._client.publish(entry.topic, entry.payload, qos=1)
                     with self._lock:

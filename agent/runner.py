@@ -17,11 +17,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.buses import BusReader, open_reader
 from agent.config import AgentConfig, DeviceSettings
 from agent.publisher import Publisher
-from agent.schema import AlertMsg, TelemetryMsg, alert_topic, telemetry_topic
+from agent.schema import AlertMsg, TelemetryMsg, alert_topic, health_topic, telemetry_topic
 from detectors import ChargingSession, StreamingDetector
-from drivers import DeviceSpec, DriverError, ModbusTcpBus, Reading
+from drivers import DriverError, Reading
 from flylead.clock import Clock
 
 log = logging.getLogger("flylead.agent")
@@ -78,7 +79,8 @@ class Agent:
         for dev in config.devices:
             if dev.household and dev.household not in self.households:
                 self.households[dev.household] = HouseholdState(StreamingDetector(tz=config.tz))
-        self._buses: dict[str, ModbusTcpBus] = {}
+        self._buses: dict[str, BusReader] = {}
+        self._started = clock.now()
         #: Alerts handed to the outbox, newest last (bounded: the last 10,000).
         self.alerts: deque[AlertMsg] = deque(maxlen=10_000)
 
@@ -86,19 +88,17 @@ class Agent:
     async def run(self, until: float | None = None) -> None:
         """Poll until the clock reads ``until`` (UTC epoch s), or forever if None."""
         now = self.clock.now()
+        self._started = now
         for state in self.devices.values():
             state.next_due = now
-        tasks = []
+        tasks = [asyncio.create_task(self._health_loop(until))]
         for bus in self.config.buses:
-            host, port = bus.host_port
-            self._buses[bus.name] = ModbusTcpBus(
-                host, port, clock=self.clock, name=bus.name, pause_s=bus.pause_s
-            )
+            self._buses[bus.name] = open_reader(bus, self.clock)
             members = [s for s in self.devices.values() if s.settings.bus == bus.name]
             if members:
                 tasks.append(asyncio.create_task(self._poll_bus(bus.name, members, until)))
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*tasks[1:])
         finally:
             for t in tasks:
                 t.cancel()
@@ -123,15 +123,11 @@ class Agent:
             await self.clock.sleep_until(state.next_due)
             await self._poll_device(bus, state)
 
-    async def _poll_device(self, bus: ModbusTcpBus, state: DeviceState) -> None:
+    async def _poll_device(self, bus: BusReader, state: DeviceState) -> None:
         dev = state.settings
-        spec = DeviceSpec(
-            name=dev.name, profile=dev.profile, device_id=dev.device_id,
-            timeout_s=dev.timeout_s, retries=dev.retries,
-        )
         state.polls += 1
         try:
-            reading = await bus.read(spec)
+            reading = await bus.read(dev)
         except DriverError as exc:
             kind = type(exc).__name__
             state.errors[kind] = state.errors.get(kind, 0) + 1
@@ -222,6 +218,38 @@ class Agent:
             name: {"polls": s.polls, "ok": s.ok, "failures": s.failures, **s.errors}
             for name, s in self.devices.items()
         }
+
+    # ----------------------------------------------------------------- health
+    async def _health_loop(self, until: float | None) -> None:
+        while until is None or self.clock.now() < until:
+            await self.clock.sleep(self.config.health_interval_s)
+            self.publish_health()
+
+    def publish_health(self) -> None:
+        """Publish the gateway's health and each device's bus health (health topic)."""
+        gw, now = self.config.gateway, self.clock.now()
+        outbox = self.publisher.outbox
+        self.publisher.publish(health_topic(gw, "gateway"), TelemetryMsg(
+            msg_id=self.publisher.next_msg_id(), gateway=gw, ts=now, device="gateway",
+            values={"uptime": round(now - self._started, 1), "outbox_depth": float(outbox.depth),
+                    "outbox_dropped": float(outbox.dropped)},
+        ), kind="health")
+        bus_health: dict[str, dict[str, float]] = {}
+        for reader in self._buses.values():
+            bus_health.update(reader.health())
+        for name, state in self.devices.items():
+            h = bus_health.get(name, {})
+            errors = sum(h.get(k, 0) for k in ("crc_errors", "frame_errors", "exceptions", "errors"))
+            values = {"polls": float(state.polls), "polls_ok": float(state.ok),
+                      "bus_requests": float(h.get("requests", 0)), "bus_responses": float(h.get("responses", 0)),
+                      "bus_timeouts": float(h.get("timeouts", 0)), "bus_errors": float(errors)}
+            if "latency_mean_s" in h:
+                values["bus_latency_mean"] = float(h["latency_mean_s"])
+                values["bus_latency_max"] = float(h["latency_max_s"])
+            self.publisher.publish(health_topic(gw, name), TelemetryMsg(
+                msg_id=self.publisher.next_msg_id(), gateway=gw, ts=now, device=name,
+                household=state.settings.household, values=values,
+            ), kind="health")
 
 
 def _evidence_text(session: ChargingSession) -> str:

@@ -7,6 +7,9 @@ all three match :data:`NAME_PATTERN`)::
                                         (the broker publishes "offline" as the last will)
     flylead/v1/{gw}/telemetry/{device}  QoS 1: TelemetryMsg
     flylead/v1/{gw}/alert/{hh}          QoS 1: AlertMsg
+    flylead/v1/{gw}/health/{device}     QoS 1: TelemetryMsg of health quantities (uptime,
+                                        outbox, per-device bus counters); device "gateway"
+                                        for the gateway itself
 
 Every message carries ``msg_id``, unique per message and kept on redelivery, so the server
 can drop duplicates.  The agent builds messages with these models and the ingest validates
@@ -53,10 +56,16 @@ def alert_topic(gateway: str, household: str) -> str:
     return f"{TOPIC_ROOT}/{gateway}/alert/{household}"
 
 
+def health_topic(gateway: str, device: str) -> str:
+    """Health of the gateway itself (``device`` = ``gateway``) or of one device's bus."""
+    return f"{TOPIC_ROOT}/{gateway}/health/{device}"
+
+
 #: Subscriptions of the server side.
 TELEMETRY_SUBSCRIPTION = f"{TOPIC_ROOT}/+/telemetry/+"
 ALERT_SUBSCRIPTION = f"{TOPIC_ROOT}/+/alert/+"
 STATUS_SUBSCRIPTION = f"{TOPIC_ROOT}/+/status"
+HEALTH_SUBSCRIPTION = f"{TOPIC_ROOT}/+/health/+"
 
 
 class _Msg(BaseModel):

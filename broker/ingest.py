@@ -67,6 +67,7 @@ from pydantic import ValidationError
 
 from agent.schema import (
     ALERT_SUBSCRIPTION,
+    HEALTH_SUBSCRIPTION,
     MAX_PAYLOAD_BYTES,
     NAME_PATTERN,
     STATUS_SUBSCRIPTION,
@@ -75,6 +76,7 @@ from agent.schema import (
     AlertMsg,
     TelemetryMsg,
     alert_topic,
+    health_topic,
     status_topic,
     telemetry_topic,
 )
@@ -188,13 +190,14 @@ class Ingest:
         self.batch_size, self.flush_interval_s = batch_size, flush_interval_s
         self.protocol, self.session_expiry_s = protocol, session_expiry_s
         if gateway == "+":
-            self.subscriptions = [TELEMETRY_SUBSCRIPTION, ALERT_SUBSCRIPTION, STATUS_SUBSCRIPTION]
+            self.subscriptions = [TELEMETRY_SUBSCRIPTION, ALERT_SUBSCRIPTION, HEALTH_SUBSCRIPTION,
+                                  STATUS_SUBSCRIPTION]
         else:
             self.subscriptions = [telemetry_topic(gateway, "+"), alert_topic(gateway, "+"),
-                                  status_topic(gateway)]
+                                  health_topic(gateway, "+"), status_topic(gateway)]
         self.shared_group = shared_group
         if shared_group is not None:  # status stays unshared (see module docstring)
-            self.subscriptions[:2] = [f"$share/{shared_group}/{t}" for t in self.subscriptions[:2]]
+            self.subscriptions[:3] = [f"$share/{shared_group}/{t}" for t in self.subscriptions[:3]]
 
         self.accepted = 0
         self.stored = 0
@@ -331,9 +334,9 @@ class Ingest:
         if len(parts) == 4 and parts[3] == "status":
             self._handle_status(gateway, payload)
             return None
-        if len(parts) != 5 or parts[3] not in ("telemetry", "alert") or not _NAME.match(parts[4]):
+        if len(parts) != 5 or parts[3] not in ("telemetry", "alert", "health") or not _NAME.match(parts[4]):
             raise _Rejected("bad_topic", "not in the topic scheme")
-        model = TelemetryMsg if parts[3] == "telemetry" else AlertMsg
+        model = AlertMsg if parts[3] == "alert" else TelemetryMsg  # health: telemetry-shaped
         try:
             msg = model.model_validate_json(payload)
         except ValidationError as exc:

@@ -132,3 +132,18 @@ class PileSession:
     def duration_s(self) -> float | None:
         """Session length, s, or ``None`` when the start is not known."""
         return None if self.start is None else self.end - self.start
+
+
+def port_values(ports: list[PortReading]) -> dict[str, float]:
+    """Port readings as channel values, the names the Modbus pile profile uses:
+    ``port_state.N`` (code of :data:`drivers.reading.PORT_STATES`), ``active_power.N`` (W),
+    ``remaining_time.N`` (s)."""
+    from drivers.reading import PORT_STATES
+
+    code = {state: c for c, state in PORT_STATES.items()}
+    values: dict[str, float] = {}
+    for p in ports:
+        values[f"port_state.{p.port}"] = float(code[str(p.state)])
+        values[f"active_power.{p.port}"] = float(p.power_w)
+        values[f"remaining_time.{p.port}"] = float(p.remaining_s)
+    return values

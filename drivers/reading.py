@@ -49,6 +49,18 @@ UNITS: dict[str, str] = {
     "port_state": "",
     # time a charging port has left of what was bought (Dianchuan 0x06, issue 8)
     "remaining_time": "s",
+    # the gateway's own health (health topic, docs/mqtt.md): counts are plain numbers
+    "uptime": "s",
+    "outbox_depth": "",
+    "outbox_dropped": "",
+    "polls": "",
+    "polls_ok": "",
+    "bus_requests": "",
+    "bus_responses": "",
+    "bus_timeouts": "",
+    "bus_errors": "",
+    "bus_latency_mean": "s",
+    "bus_latency_max": "s",
 }
 
 #: Prefixes of flag names (unit ``""``, value 0 or 1).

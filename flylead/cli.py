@@ -30,11 +30,24 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line (journald, Loki): ts (UTC ISO 8601), level, logger, msg."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from flylead.clock import iso
+
+        entry = {"ts": iso(record.created), "level": record.levelname, "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _logging(verbose: bool, as_json: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter() if as_json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 @app.command()
@@ -100,25 +113,33 @@ def check_config(path: Annotated[Path, typer.Argument(help="Agent configuration 
 def agent_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="Agent configuration (TOML).")],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Structured logs: one JSON object a line.")] = False,
 ) -> None:
-    """Run the gateway agent on the wall clock until SIGTERM or Ctrl-C."""
+    """Run the gateway agent on the wall clock until SIGTERM or Ctrl-C.
+
+    It starts even when the broker is down: readings and alerts wait in the outbox.  On
+    SIGTERM it stops polling, flushes the outbox (up to 10 s) and publishes offline."""
+    import sqlite3
+
     from agent.config import ConfigError, load_config
-    from agent.publisher import Publisher, PublishError
+    from agent.outbox import Outbox
+    from agent.publisher import Publisher
     from agent.runner import Agent
     from flylead.clock import WallClock
 
-    _logging(verbose)
+    _logging(verbose, log_json)
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    publisher = Publisher(cfg.gateway, cfg.mqtt)
     try:
-        publisher.connect()
-    except PublishError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+        outbox = Outbox(cfg.outbox.path, max_messages=cfg.outbox.max_messages)
+    except (sqlite3.Error, OSError) as exc:
+        typer.echo(f"{config}: outbox.path {cfg.outbox.path}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    publisher = Publisher(cfg.gateway, cfg.mqtt, outbox, commit_interval_s=cfg.outbox.commit_interval_s)
+    publisher.connect(wait=False)
 
     async def main() -> None:
         task = asyncio.create_task(Agent(cfg, WallClock(), publisher).run())
@@ -217,6 +238,7 @@ def read_device(
     clock = WallClock()
     if profile == "dianchuan":
         from drivers.dianchuan import DianchuanPile
+        from drivers.pile import port_values
 
         if device_id is not None or address is not None:
             raise typer.BadParameter("the dianchuan board has no device id or address")
@@ -226,7 +248,7 @@ def read_device(
 
         async def run() -> tuple[dict[str, float], dict[str, str | int | float]]:
             async with pile:
-                return _pile_values(await pile.read_ports()), {}
+                return port_values(await pile.read_ports()), {}
     elif dlt645:
         from drivers.dlt645 import WILDCARD_ADDRESS, Dlt645Client, address_to_wire
 
@@ -277,20 +299,6 @@ def read_device(
         typer.echo(f"  {key:<28} {text}")
     for key, value in values.items():
         typer.echo(f"  {key:<28} {value:.10g} {quantity_unit(key)}".rstrip())
-
-
-def _pile_values(ports) -> dict[str, float]:
-    """Port readings as channel values: ``port_state.N`` (code, drivers.reading.PORT_STATES),
-    ``active_power.N`` (W), ``remaining_time.N`` (s) — the names the Modbus pile profile uses."""
-    from drivers.reading import PORT_STATES
-
-    code = {state: c for c, state in PORT_STATES.items()}
-    values: dict[str, float] = {}
-    for p in ports:
-        values[f"port_state.{p.port}"] = float(code[str(p.state)])
-        values[f"active_power.{p.port}"] = float(p.power_w)
-        values[f"remaining_time.{p.port}"] = float(p.remaining_s)
-    return values
 
 
 async def _optional_info(bus, spec) -> dict[str, str | int | float]:
@@ -418,10 +426,8 @@ def bus_scan(
 def _register_server_commands() -> None:
     """Server-side commands (alert desk, reports, broker credentials) live in broker/cli.py;
     that module keeps its heavy imports inside the commands."""
-    try:
-        from broker import cli as server_cli
-    except ImportError:  # not written yet in this checkout
-        return
+    from broker import cli as server_cli
+
     server_cli.register(app)
 
 
