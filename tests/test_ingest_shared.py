@@ -124,7 +124,8 @@ def test_shared_group_must_be_a_name() -> None:
     with pytest.raises(ValueError, match="shared_group"):
         Ingest(None, "h", 1, shared_group="#")  # type: ignore[arg-type]
     plain = Ingest(None, "h", 1)  # type: ignore[arg-type]
-    assert plain.subscriptions == ["flylead/v1/+/telemetry/+", "flylead/v1/+/alert/+", "flylead/v1/+/status"]
+    assert plain.subscriptions == ["flylead/v1/+/telemetry/+", "flylead/v1/+/alert/+",
+                                   "flylead/v1/+/health/+", "flylead/v1/+/status"]
     shared = Ingest(None, "h", 1, shared_group="g1")  # type: ignore[arg-type]
     assert shared.subscriptions == ["$share/g1/flylead/v1/+/telemetry/+", "$share/g1/flylead/v1/+/alert/+",
-                                    "flylead/v1/+/status"]
+                                    "$share/g1/flylead/v1/+/health/+", "flylead/v1/+/status"]
