@@ -103,6 +103,31 @@ class DeviceSettings(_Strict):
     interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     timeout_s: Annotated[float, Field(gt=0, le=30)] = 0.5
     retries: Annotated[int, Field(ge=0, le=5)] = 0
+    #: Household meters: the breaker's rated current (A) for the overload alarm.
+    breaker_rating_a: Annotated[float, Field(gt=0, le=1000)] | None = None
+    #: Electrical-fire detectors: alarm settings overriding the device's own registers
+    #: (GB 14287 practice, domain-facts §4: 20-1000 mA, 55-140 °C).
+    residual_setting_ma: Annotated[float, Field(ge=20, le=1000)] | None = None
+    temperature_setting_c: Annotated[float, Field(ge=55, le=140)] | None = None
+
+    @property
+    def role(self) -> str:
+        """``fire_detector``, ``pile`` or ``meter``, from the profile."""
+        if self.profile == "fire_detector":
+            return "fire_detector"
+        if self.profile in ("ebike_pile", "dianchuan"):
+            return "pile"
+        return "meter"
+
+
+class PileLinkSettings(_Strict):
+    """A household that charges at a pile: its port on the pile, or its card/user id.
+    Home charging that overlaps its pile session is suppressed or downgraded."""
+
+    household: Name
+    pile: Name
+    port: Annotated[int, Field(ge=1, le=64)] | None = None
+    user: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class OutboxSettings(_Strict):
@@ -124,6 +149,7 @@ class AgentConfig(_Strict):
     health_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     buses: list[BusSettings]
     devices: list[DeviceSettings]
+    pile_links: list[PileLinkSettings] = []
     #: Longest wait before retrying a device that stopped answering (clock s).
     max_backoff_s: Annotated[float, Field(gt=0)] = 900.0
     #: Publish telemetry every Nth successful poll of a device (the detector sees all).
@@ -148,6 +174,12 @@ class AgentConfig(_Strict):
                 raise ValueError(f"devices[{i}] ({dev.name}): profile {dev.profile!r} needs a bus with protocol = {dev.profile!r}")
             if dev.address is not None and proto != "dlt645":
                 raise ValueError(f"devices[{i}] ({dev.name}): address is for DL/T 645 devices")
+        piles = {d.name for d in self.devices if d.role == "pile"}
+        for i, link in enumerate(self.pile_links):
+            if link.pile not in piles:
+                raise ValueError(f"pile_links[{i}]: {link.pile!r} is not a pile device")
+            if link.port is None and link.user is None:
+                raise ValueError(f"pile_links[{i}]: give port or user")
         return self
 
 

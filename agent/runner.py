@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from agent.buses import BusReader, open_reader
 from agent.config import AgentConfig, DeviceSettings
+from agent.hazards import HazardWatch
 from agent.publisher import Publisher
 from agent.schema import AlertMsg, TelemetryMsg, alert_topic, health_topic, telemetry_topic
 from detectors import ChargingSession, StreamingDetector
@@ -26,6 +27,8 @@ from drivers import DriverError, Reading
 from flylead.clock import Clock
 
 log = logging.getLogger("flylead.agent")
+
+_DECISION_WORDS = {"suppress": "suppressed", "downgrade": "downgraded"}
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Agent:
         self._started = clock.now()
         #: Alerts handed to the outbox, newest last (bounded: the last 10,000).
         self.alerts: deque[AlertMsg] = deque(maxlen=10_000)
+        self.watch = HazardWatch(config, self._emit_alert)
 
     # ---------------------------------------------------------------- polling
     async def run(self, until: float | None = None) -> None:
@@ -135,6 +139,7 @@ class Agent:
             backoff = min(dev.interval_s * 2 ** (state.failures - 1), self.config.max_backoff_s)
             state.next_due = self.clock.now() + backoff
             log.warning("%s (retry in %g s)", exc, backoff)
+            self.watch.missed(dev, self.clock.now())
             return
         except Exception:  # a bug in one device's path must not stop the bus
             log.exception("%s: unexpected error while polling", dev.name)
@@ -150,6 +155,8 @@ class Agent:
         missed = max(0, math.floor((now - state.next_due) / dev.interval_s))
         state.next_due += (missed + 1) * dev.interval_s
         self._handle_reading(dev, reading, state.ok)
+        hh = self.households.get(dev.household) if dev.household else None
+        self.watch.observe(dev, reading, charging_active=None if hh is None else hh.detector.active is not None)
 
     # ------------------------------------------------------------ processing
     def _handle_reading(self, dev: DeviceSettings, reading: Reading, ok_count: int) -> None:
@@ -182,28 +189,37 @@ class Agent:
         if hh.open_alert_id is not None and closed:
             alert_id = hh.open_alert_id
         else:
-            alert_id = f"{self.config.gateway}:{household}:{int(session.start)}"
+            alert_id = f"{household}:ebike_charging:{int(session.start)}"
+        confidence = min(max(session.confidence, 0.0), 1.0)
+        detail = _evidence_text(session)
+        decision = self.watch.charging_decision(household, session.start, session.end)
+        if decision.action != "keep":  # the household charged at its own pile meanwhile
+            confidence *= decision.confidence_factor
+            detail = f"{_DECISION_WORDS[decision.action]}: {decision.reason}; {detail}"
+            if decision.action == "suppress" and not closed:
+                return  # no open alert to notify; the closed record says why
+        self._emit_alert(
+            alert_id=alert_id, kind="ebike_charging", state="closed" if closed else "open",
+            household=household, device=dev.name, start=session.start,
+            end=session.end if closed else None, energy_kwh=round(session.energy_kwh, 4),
+            peak_w=round(session.peak_w, 1), confidence=confidence, profile=session.profile,
+            detail=detail,
+        )
+        hh.open_alert_id = None if closed else alert_id
+
+    def _emit_alert(self, *, alert_id: str, household: str, confidence: float, detail: str = "",
+                    **fields) -> AlertMsg:
+        """Build one alert message (gateway-prefixed id, 500-character detail), queue it in
+        the outbox as an alert (committed at once) and keep it in :attr:`alerts`."""
         msg = AlertMsg(
-            msg_id=self.publisher.next_msg_id(),
-            gateway=self.config.gateway,
-            ts=self.clock.now(),
-            alert_id=alert_id,
-            kind="ebike_charging",
-            state="closed" if closed else "open",
-            household=household,
-            device=dev.name,
-            start=session.start,
-            end=session.end if closed else None,
-            energy_kwh=round(session.energy_kwh, 4),
-            peak_w=round(session.peak_w, 1),
-            confidence=round(min(max(session.confidence, 0.0), 1.0), 3),
-            profile=session.profile,
-            detail=_evidence_text(session),
+            msg_id=self.publisher.next_msg_id(), gateway=self.config.gateway, ts=self.clock.now(),
+            alert_id=f"{self.config.gateway}:{alert_id}"[:96], household=household,
+            confidence=round(min(max(confidence, 0.0), 1.0), 3), detail=detail[:500], **fields,
         )
         self.publisher.publish(alert_topic(self.config.gateway, household), msg, kind="alert")
         self.alerts.append(msg)
-        hh.open_alert_id = None if closed else alert_id
-        log.info("%s charging alert %s for %s", "closed" if closed else "open", alert_id, household)
+        log.info("%s %s alert %s for %s", msg.state, msg.kind, msg.alert_id, household)
+        return msg
 
     def _flush_detectors(self) -> None:
         """End of a bounded run: close sessions still in progress."""

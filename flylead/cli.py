@@ -76,12 +76,13 @@ def demo(
         f"broker {'embedded' if broker is None else broker}, store {store or 'embedded SQLite'}"
     )
     result = asyncio.run(run_demo(opts))
-    table = Table(title="Charging alerts (from the store)")
-    for col in ("kind", "household", "start", "end", "kWh", "confidence"):
+    table = Table(title="Alerts (read back from the store)")
+    for col in ("kind", "household", "start", "end", "kWh", "confidence", "note"):
         table.add_column(col)
     for a in result.alerts:
-        table.add_row(a["kind"], a["household"], a["start"], a["end"] or "",
-                      f"{a['energy_kwh']:.2f}", f"{a['confidence']:.2f}")
+        table.add_row(a["kind"], a["household"], a["start"], a["end"] or "(open)",
+                      f"{a['energy_kwh']:.2f}" if a["kind"] == "ebike_charging" else "",
+                      f"{a['confidence']:.2f}", a.get("note", ""))
     console.print(table)
     truth = Table(title="Ground truth (simulated charging sessions)")
     for col in ("household", "start", "end", "kWh"):
@@ -90,7 +91,8 @@ def demo(
         truth.add_row(s["household"], s["start"], s["end"], f"{s['energy_kwh']:.2f}")
     console.print(truth)
     m = result.metrics
-    console.print(f"precision {m['precision']:.3f}  recall {m['recall']:.3f}  f1 {m['f1']:.3f}")
+    console.print(f"e-bike charging vs ground truth: precision {m['precision']:.3f}  "
+                  f"recall {m['recall']:.3f}  f1 {m['f1']:.3f}")
     if report is not None:
         write_report(result, report)
         console.print(f"report written to {report}")
