@@ -1,0 +1,304 @@
+"""The signal layer of the charging detector: one-minute bins, sharp edges, short pulses and
+the step-free signal.  numpy only, no I/O.
+
+All arrays here are one household's load on a regular grid: shape (m,), float64, W, one
+value per ``grid_s`` bin, no NaN unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+class Edge(NamedTuple):
+    """A sharp change of the load: an appliance switching (or several within a bin).
+
+    Attributes:
+        k0: first bin that changed.
+        k1: first bin at the new level (``k1 >= k0``; more than ``k0`` when the switch
+            straddles bins).
+        size: level after minus level before, W, with the background slope taken out.
+    """
+
+    k0: int
+    k1: int
+    size: float
+
+
+# ----------------------------------------------------------------------------- gridding
+
+
+def grid_phase(t: np.ndarray, grid_s: float) -> float:
+    """Typical phase of the readings within a bin (s in [0, grid_s)): circular mean of
+    ``t mod grid_s``.  Polls every minute at hh:mm:00 +- jitter give ~0."""
+    ang = 2.0 * math.pi * (np.asarray(t) % grid_s) / grid_s
+    return float((math.atan2(np.sin(ang).mean(), np.cos(ang).mean()) / (2.0 * math.pi) * grid_s) % grid_s)
+
+
+def bin_offset(phase: float, grid_s: float) -> float:
+    """Offset (s) of the bin edges for readings of ``phase``: the edges lie half a bin away
+    from the readings, so a poll's jitter never moves it to the neighbouring bin (with edges
+    on the polls, jitter puts two readings in one bin and none in the next, which smears
+    every switch over two bins)."""
+    return phase - 0.5 * grid_s
+
+
+def to_grid(t: np.ndarray, p: np.ndarray, grid_s: float, max_gap_bins: int,
+            offset: float | None = None) -> tuple[float, np.ndarray]:
+    """Average readings into ``grid_s`` bins whose edges are at ``offset`` (mod ``grid_s``).
+
+    Args:
+        t: shape (n,), float64, UTC epoch s, strictly increasing.
+        p: shape (n,), float64, W; NaN = missing.
+        grid_s: bin width (s).
+        max_gap_bins: empty runs up to this many bins hold the previous value; longer stay NaN.
+        offset: bin-edge phase (s); default from :func:`grid_phase` of ``t``.
+
+    Returns:
+        ``(t0, x)``: start of bin 0 (UTC epoch s) and shape (m,) float64 bin means (W).
+    """
+    ok = ~np.isnan(p)
+    t, p = t[ok], p[ok]
+    if t.size == 0:
+        return 0.0, np.empty(0)
+    if offset is None:
+        offset = bin_offset(grid_phase(t, grid_s), grid_s)
+    t0 = math.floor((t[0] - offset) / grid_s) * grid_s + offset
+    k = ((t - t0) // grid_s).astype(np.int64)
+    m = int(k[-1]) + 1
+    sums = np.bincount(k, weights=p, minlength=m)
+    counts = np.bincount(k, minlength=m)
+    x = np.full(m, np.nan)
+    have = counts > 0
+    x[have] = sums[have] / counts[have]
+    return float(t0), hold(x, max_gap_bins)
+
+
+def hold(x: np.ndarray, max_bins: int) -> np.ndarray:
+    """Fill NaN runs of at most ``max_bins`` with the previous value (shape kept)."""
+    idx = np.where(~np.isnan(x), np.arange(x.size), -1)
+    np.maximum.accumulate(idx, out=idx)
+    gap = np.arange(x.size) - idx
+    fill = (idx >= 0) & (gap <= max_bins)
+    out = np.full_like(x, np.nan)
+    out[fill] = x[idx[fill]]
+    return out
+
+
+def running_median(x: np.ndarray, w: int) -> np.ndarray:
+    """Running median over ``w`` (odd) bins, ends padded by repetition; steps are kept,
+    spikes of up to ``w // 2`` bins go.  Shape (m,) -> (m,)."""
+    if x.size < w:
+        return x.copy()
+    xp = np.pad(x, w // 2, mode="edge")
+    if w == 3:  # median of three without sorting
+        a, b, c = xp[:-2], xp[1:-1], xp[2:]
+        return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    return np.partition(sliding_window_view(xp, w), w // 2, axis=1)[:, w // 2]
+
+
+# ----------------------------------------------------------------------------- edges
+
+
+def _window_medians(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, width: int) -> np.ndarray:
+    """Median of ``x[lo[i]:hi[i]]`` for each i (windows of at most ``width`` bins; NaN for
+    an empty one).  Shapes: ``lo``, ``hi`` (n,) -> (n,)."""
+    if lo.size == 0:
+        return np.empty(0)
+    idx = lo[:, None] + np.arange(width)[None, :]
+    valid = idx < hi[:, None]
+    vals = np.where(valid, x[np.clip(idx, 0, x.size - 1)], np.nan)
+    out = np.full(lo.size, np.nan)
+    have = valid.any(axis=1)
+    if have.any():
+        # NaN sorts last: the median of the first n valid values of each sorted row
+        srt = np.sort(vals[have], axis=1)
+        n = valid[have].sum(axis=1)
+        r = np.arange(srt.shape[0])
+        out[have] = 0.5 * (srt[r, (n - 1) // 2] + srt[r, n // 2])
+    return out
+
+
+def find_edges(y: np.ndarray, min_w: float, flag_w: float = 10.0, bg_bins: int = 11, side_bins: int = 5,
+               noise_k: float = 0.0, noise_bins: int = 31) -> tuple[list[Edge], np.ndarray]:
+    """Sharp edges of ``y``, each measured against its neighbourhood.
+
+    A bin difference is part of an edge when it departs from the background slope (running
+    median of the differences over ``bg_bins``: a taper falling 25 W/min has no edge, a
+    lamp on it does) by at least ``flag_w``, or by ``noise_k`` times the local RMS of the
+    departures over ``noise_bins`` where that is more (a computer's wobble); adjacent
+    flagged differences of one sign form one edge.  Its size is the level after minus the
+    level before, each the median of up to ``side_bins`` bins (not reaching into the
+    neighbouring edges) carried to the edge along the background slope: robust to a
+    wobbling TV next to it and to a taper under it.  With no room for a level (switches in
+    consecutive bins) the bins either side are used.
+
+    Args:
+        y: shape (m,), W.
+        min_w: smallest |size| kept (W).
+        flag_w: departure from the background slope that flags a difference (W).
+        bg_bins: window of the background slope (bins, odd).
+        side_bins: bins each side for the levels.
+        noise_k, noise_bins: the noise-raised threshold (0: off).
+
+    Returns:
+        ``(edges, bg)``: edges in time order, and the background slope, shape (m - 1,),
+        W/bin (``bg[k]`` belongs to the difference ``y[k+1] - y[k]``).
+    """
+    if y.size < 3:
+        return [], np.zeros(max(y.size - 1, 0))
+    m = y.size
+    d = np.diff(y)
+    bg = running_median(d, bg_bins)
+    e = d - bg
+    thr = flag_w
+    if noise_k > 0:
+        sq = np.clip(e, -3 * flag_w, 3 * flag_w) ** 2  # an edge itself barely raises it
+        kernel = np.ones(noise_bins) / noise_bins
+        rms = np.sqrt(np.convolve(np.pad(sq, noise_bins // 2, mode="edge"), kernel, mode="valid"))
+        thr = np.maximum(flag_w, noise_k * rms)
+    flagged = np.flatnonzero(np.abs(e) >= thr)
+    if flagged.size == 0:
+        return [], bg
+    # runs of adjacent flagged differences of one sign: [first, last] difference index
+    pos = e[flagged] > 0
+    cut = np.flatnonzero((np.diff(flagged) > 1) | (pos[1:] != pos[:-1])) + 1
+    first, last = flagged[np.r_[0, cut]], flagged[np.r_[cut - 1, flagged.size - 1]]
+    k0, k1 = first + 1, last + 1  # y[k0 - 1] is before the edge, y[k1] after it
+    # level windows: up to side_bins beyond the edge, not reaching into the neighbours
+    lo = np.maximum(k0 - side_bins, np.r_[0, last[:-1] + 1])
+    hi = np.minimum(k1 + side_bins, np.r_[first[1:] + 1, m])
+    nb, na = k0 - lo, hi - k1
+    before = _window_medians(y, lo, k0, side_bins)
+    after = _window_medians(y, k1, hi, side_bins)
+    slope = _window_medians(bg, lo, hi - 1, 2 * side_bins + 4)
+    room = (nb > 0) & (na > 0)
+    slope = np.where(room, slope, 0.0)
+    # each median sits mid-window: carry it to the edge along the slope, and take out the
+    # slope's own change across the edge
+    size = ((after - slope * (0.5 * (na - 1))) - (before + slope * (0.5 * (nb - 1)))
+            - slope * (k1 - k0 + 1))
+    cs = np.r_[0.0, np.cumsum(bg)]
+    tight = y[np.minimum(k1, m - 1)] - y[k0 - 1] - (cs[last + 1] - cs[first])
+    size = np.where(room, size, tight)
+    keep = np.flatnonzero(np.abs(size) >= min_w)
+    return [Edge(int(k0[i]), int(k1[i]), float(size[i])) for i in keep], bg
+
+
+# ----------------------------------------------------------------------------- pulses
+
+
+def learn_pulse_height(edges: list[Edge], lo_w: float, hi_w: float, min_bins: int, max_bins: int,
+                       min_count: int) -> float | None:
+    """Height (W) of the household's recurring short pulse (the fridge compressor), or None.
+
+    Every up-edge of ``lo_w``..``hi_w`` followed by a down-edge of matching size (within
+    20 % + 10 W) ``min_bins``..``max_bins`` later is a pulse; the height is the median of
+    the densest +-10 % cluster of pulse heights, if it holds ``min_count`` pulses.
+    """
+    heights = []
+    for i, (ku, _, up) in enumerate(edges):
+        if not lo_w <= up <= hi_w:
+            continue
+        for kd, _, dn in edges[i + 1:]:
+            if kd - ku > max_bins:
+                break
+            if dn < 0 and abs(up + dn) <= 0.2 * up + 10.0:
+                if kd - ku >= min_bins:
+                    heights.append(up)
+                break
+    if len(heights) < min_count:
+        return None
+    h = np.sort(np.array(heights))
+    counts = np.count_nonzero(np.abs(h[None, :] / h[:, None] - 1.0) <= 0.1, axis=1)
+    if counts.max() < min_count:
+        return None
+    centre = h[int(np.argmax(counts))]
+    return float(np.median(h[np.abs(h / centre - 1.0) <= 0.1]))
+
+
+def pair_pulses(edges: list[Edge], fridge_w: float | None, big_w: float, big_max_bins: int,
+                fridge_bins: tuple[int, int], fridge_band: float,
+                fridge_ratio: tuple[float, float]) -> list[tuple[int, int, str]]:
+    """Edges explained as short pulses: ``(i_up, j_down, kind)`` with indices into ``edges``.
+
+    ``"big"``: an up-edge of at least ``big_w`` and the first later down-edge within
+    ``big_max_bins`` matching it within 15 % + 20 W (kettles, cookers, water heaters: no
+    charger draws that much).  ``"fridge"``: an up-edge within ``fridge_band`` of the
+    learned pulse height ``fridge_w`` and the first later down-edge ``fridge_bins`` away
+    whose size is ``fridge_ratio`` of the up (the compressor's power sags during a run).
+    """
+    used: set[int] = set()
+    out: list[tuple[int, int, str]] = []
+    for i, (ku, _, up) in enumerate(edges):
+        if up < big_w:
+            continue
+        for j in range(i + 1, len(edges)):
+            kd, _, dn = edges[j]
+            if kd - ku > big_max_bins:
+                break
+            if j not in used and dn < 0 and abs(up + dn) <= 0.15 * up + 20.0:
+                out.append((i, j, "big"))
+                used.update((i, j))
+                break
+    if fridge_w is None:
+        return out
+    lo_b, hi_b = fridge_bins
+    lo_r, hi_r = fridge_ratio
+    # every (up, down) that could be a run, best first: the off-step closest to 0.93 of the
+    # on-step (a run sags ~10 %), so a TV switching off in between does not take the place
+    # of the compressor's own off-step
+    options = []
+    for i, (ku, _, up) in enumerate(edges):
+        if i in used or not abs(up / fridge_w - 1.0) <= fridge_band:
+            continue
+        for j in range(i + 1, len(edges)):
+            kd, _, dn = edges[j]
+            if kd - ku > hi_b:
+                break
+            if j not in used and dn < 0 and kd - ku >= lo_b and lo_r <= -dn / up <= hi_r:
+                options.append((abs(-dn / up - 0.93), i, j))
+    for _, i, j in sorted(options):
+        if i not in used and j not in used:
+            out.append((i, j, "fridge"))
+            used.update((i, j))
+    return out
+
+
+def subtract_pulses(y: np.ndarray, edges: list[Edge], pairs: list[tuple[int, int, str]]) -> np.ndarray:
+    """``y`` with each pulse taken out: a fridge run as a ramp from its on-size to its off-size
+    (the compressor's sag), a big load as a block of the smaller of the two (what is left
+    over is another appliance switching in the same minute, and stays).  Shape kept."""
+    r = y.copy()
+    for i, j, kind in pairs:
+        ku0, ku1, up = edges[i]
+        kd0, kd1, dn = edges[j]
+        a, b = (min(up, -dn),) * 2 if kind == "big" else (up, -dn)
+        if kd0 > ku1:
+            r[ku1:kd0] -= np.linspace(a, b, kd0 - ku1)
+        # bins inside the switchings: take out what of the pulse they hold
+        if ku1 > ku0:
+            r[ku0:ku1] -= np.clip(y[ku0:ku1] - y[ku0 - 1], 0.0, a)
+        if kd1 > kd0:
+            r[kd0:kd1] -= np.clip(y[kd0:kd1] - y[kd1], 0.0, b)
+    return r
+
+
+# ----------------------------------------------------------------------------- step-free
+
+
+def step_free(y: np.ndarray, edges: list[Edge], bg: np.ndarray) -> np.ndarray:
+    """``y`` with every edge taken out: the differences inside an edge are replaced by the
+    background slope and the levels after it shift with them.  What is left is the smooth
+    part of the load (a charger's taper, drifts, wobble), with an arbitrary offset.
+    Shape (m,) -> (m,)."""
+    if y.size < 2:
+        return y.copy()
+    d = np.diff(y)
+    for k0, k1, _ in edges:
+        d[k0 - 1:k1] = bg[k0 - 1:k1]
+    return np.r_[y[0], y[0] + np.cumsum(d)]

@@ -1,0 +1,163 @@
+"""Tapers: the smooth, exponential fall of a charger's power at the end of charging
+(constant-voltage stage).  numpy only, no I/O.
+
+Works on the step-free signal (:func:`detectors.steps.step_free`: shape (m,), float64, W,
+one value per bin, arbitrary offset), where lamps, TVs and fridges switching on or off
+leave no trace, so a taper under a lamp going off is still a taper.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Taper(NamedTuple):
+    """A smooth fall fitted with ``c + amp_w * exp(-(k - i0) / tau_bins)`` for ``k >= i0``
+    (``c + amp_w`` before).
+
+    Attributes:
+        i0: onset bin (end of the plateau).
+        i1: last bin of the fall (bins).
+        tau_bins: time constant (bins).
+        amp_w: amplitude of the exponential (W).
+        fall_w: smooth fall over [i0, i1] (W).
+        share: inverse participation ratio of the (5-bin smoothed) fall over its bins: 1 /
+            effective number of bins carrying it.
+        rmse_w: root-mean-square residual of the fit (W).
+        ramp_rmse_w: the same for the best straight ramp (:func:`fit_ramp`, W).
+    """
+
+    i0: int
+    i1: int
+    tau_bins: float
+    amp_w: float
+    fall_w: float
+    share: float
+    rmse_w: float
+    ramp_rmse_w: float
+
+
+#: Time constants tried by the fit (bins = minutes at the default grid): 5 to 60 min,
+#: geometric.  §2 model: lithium taper_s / 3 = 10-30 min, lead-acid stage2_s / 4 = 15-38 min.
+_TAUS = np.geomspace(5.0, 60.0, 14)
+
+
+def slope(y: np.ndarray, half: int = 4) -> np.ndarray:
+    """Centred slope of ``y`` over ``2 * half`` bins (W/bin; 0 within ``half`` of the ends).
+    Shape (m,) -> (m,)."""
+    out = np.zeros(y.size)
+    if y.size > 2 * half:
+        out[half:-half] = (y[2 * half:] - y[: -2 * half]) / (2 * half)
+    return out
+
+
+def falling_runs(sf: np.ndarray, slope_w_bin: float, half: int = 4) -> list[tuple[int, int]]:
+    """Stretches where ``sf`` falls faster than ``slope_w_bin`` (gaps up to 2 bins bridged),
+    widened by ``half`` bins each side: list of [a, b] bins."""
+    m = sf.size
+    idx = np.flatnonzero(slope(sf, half) < -slope_w_bin)
+    if idx.size == 0:
+        return []
+    cut = np.flatnonzero(np.diff(idx) > 3) + 1  # 3 or more quiet bins end a run
+    firsts, lasts = idx[np.r_[0, cut]], idx[np.r_[cut - 1, idx.size - 1]]
+    return [(max(int(i) - half, 0), min(int(j) + half, m - 1)) for i, j in zip(firsts, lasts)]
+
+
+def participation(drops: np.ndarray) -> tuple[float, float]:
+    """Net fall (W) of bin drops (positive = falling) and its inverse participation ratio."""
+    net = float(drops.sum())
+    if net <= 0:
+        return net, 1.0
+    pos = drops[drops > 0]
+    return net, float(np.sum(pos ** 2)) / net ** 2
+
+
+def fit_exponential(sf: np.ndarray, a: int, pre: int = 20, post: int = 90,
+                    shifts: range = range(-6, 10)) -> tuple[int, float, float, float, float]:
+    """Least-squares fit of a plateau ending in an exponential fall near bin ``a``.
+
+    Model over bins [i0 - pre, i0 + post): ``c + A`` before ``i0``, ``c + A exp(-(k - i0) /
+    tau)`` after; ``i0`` from ``a + shifts``, ``tau`` from :data:`_TAUS`, ``c`` and ``A``
+    linear.
+
+    Returns:
+        ``(i0, tau_bins, A W, c W, rmse W)`` of the best fit.
+    """
+    m = sf.size
+    i0s = np.array([a + sh for sh in shifts if 2 <= a + sh < m - 5])
+    if i0s.size == 0:
+        return a, float(_TAUS[0]), 0.0, 0.0, math.inf
+    # one window covering every shift; each shift fits its own part of it
+    w0, w1 = max(0, int(i0s[0]) - pre), min(m, int(i0s[-1]) + post)
+    yv = sf[w0:w1]
+    k = np.arange(w0, w1)
+    inside = (k[None, :] >= i0s[:, None] - pre) & (k[None, :] < i0s[:, None] + post)   # (S, n)
+    t = (k[None, :] - i0s[:, None]).astype(float)                                       # (S, n)
+    g = np.where(t[:, None, :] < 0, 1.0, np.exp(-np.clip(t, 0, None)[:, None, :] / _TAUS[None, :, None]))
+    wgt = inside[:, None, :].astype(float)                                               # (S, 1, n)
+    n = wgt.sum(axis=2)                                                                  # (S, 1)
+    gm = (g * wgt).sum(axis=2) / n
+    ym = (yv[None, None, :] * wgt).sum(axis=2) / n
+    gc = (g - gm[..., None]) * wgt
+    var = np.sum(gc ** 2, axis=2)
+    amp = np.where(var > 0, np.sum(gc * yv[None, None, :], axis=2) / np.where(var > 0, var, 1.0), 0.0)
+    tss = np.sum(((yv[None, None, :] - ym[..., None]) * wgt) ** 2, axis=2)
+    mse = np.maximum(tss - amp ** 2 * var, 0.0) / n                                      # (S, T)
+    si, ti = np.unravel_index(int(np.argmin(mse)), mse.shape)
+    c = float(ym[si, 0] - amp[si, ti] * gm[si, ti])
+    return int(i0s[si]), float(_TAUS[ti]), float(amp[si, ti]), c, float(np.sqrt(mse[si, ti]))
+
+
+def fit_ramp(sf: np.ndarray, i0: int, pre: int = 20, post: int = 90,
+             lengths: tuple[int, ...] = (3, 5, 8, 12, 17, 23, 30, 40, 55, 75),
+             shifts: range = range(-6, 10, 2)) -> float:
+    """Root-mean-square residual (W) of the best straight-ramp model over the window of
+    :func:`fit_exponential`: ``c + A`` before the ramp, falling linearly over ``L`` bins to
+    ``c``.  A charger's exponential fits better than any ramp; a lamp dimming, a heater
+    throttling or a smoothed step fit a ramp at least as well."""
+    m = sf.size
+    w0, w1 = max(0, i0 - pre), min(m, i0 + post)
+    yv = sf[w0:w1]
+    best = np.inf
+    ym = yv.mean()
+    tss = float(np.sum((yv - ym) ** 2))
+    for sh in shifts:
+        t = np.arange(w0, w1) - (i0 + sh)
+        ln = np.array(lengths, dtype=float)[:, None]
+        g = np.clip(1.0 - t[None, :] / ln, 0.0, 1.0)
+        gc = g - g.mean(axis=1, keepdims=True)
+        var = np.sum(gc ** 2, axis=1)
+        amp = np.where(var > 0, gc @ (yv - ym) / np.where(var > 0, var, 1.0), 0.0)
+        best = min(best, float(np.min(tss - amp ** 2 * var)))
+    return float(np.sqrt(max(best, 0.0) / yv.size))
+
+
+def find_tapers(sf: np.ndarray, *, min_fall_w: float, max_fall_w: float, slope_w_bin: float,
+                min_bins: int, max_share: float, tau_bins: tuple[float, float],
+                max_rel_rmse: float) -> list[Taper]:
+    """Smooth exponential falls of the step-free signal ``sf`` (shape (m,), W).
+
+    A falling stretch (slope below ``-slope_w_bin``) of at least ``min_bins`` whose 5-bin
+    smoothed fall is ``min_fall_w``..``max_fall_w`` and spread (inverse participation ratio at most
+    ``max_share``), and which an exponential fits (:func:`fit_exponential`: amplitude at
+    least ``min_fall_w``, time constant within ``tau_bins``, residual at most
+    ``max_rel_rmse`` of the amplitude).
+    """
+    if sf.size < 12:
+        return []
+    sm = np.convolve(np.pad(sf, 2, mode="edge"), np.ones(5) / 5.0, mode="valid")
+    out = []
+    for a, b in falling_runs(sf, slope_w_bin):
+        if b - a < min_bins or not min_fall_w <= sm[a] - sm[b] <= max_fall_w:
+            continue
+        net, share = participation(-np.diff(sm[a:b + 1]))
+        if net < min_fall_w or share > max_share:
+            continue
+        i0, tau, amp, _, rmse = fit_exponential(sf, a)
+        if amp < min_fall_w or not tau_bins[0] <= tau <= tau_bins[1] or rmse > max_rel_rmse * amp:
+            continue
+        out.append(Taper(i0, b, tau, amp, net, share, rmse, fit_ramp(sf, i0)))
+    return out
