@@ -59,9 +59,11 @@ apt_install() {
     local pkg=$1
     command -v apt-get >/dev/null 2>&1 || die "$pkg is missing and apt-get is not available"
     echo "services.sh: installing $pkg"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >/tmp/flylead-apt-$pkg.log 2>&1; then
-        apt-get update >>/tmp/flylead-apt-$pkg.log 2>&1 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y "$pkg" >>/tmp/flylead-apt-$pkg.log 2>&1 \
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$pkg" >/tmp/flylead-apt-$pkg.log 2>&1; then
+        $sudo apt-get update >>/tmp/flylead-apt-$pkg.log 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "$pkg" >>/tmp/flylead-apt-$pkg.log 2>&1 \
             || die "apt-get install $pkg failed (log: /tmp/flylead-apt-$pkg.log)"
     fi
 }

@@ -9,10 +9,12 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.schema import NAME_PATTERN
+from drivers.profile import ProfileError, load_profile
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 _HOST_PORT = r"^[A-Za-z0-9_.:\[\]-]+:[0-9]{1,5}$"
@@ -155,6 +157,15 @@ class AgentConfig(_Strict):
     #: Publish telemetry every Nth successful poll of a device (the detector sees all).
     telemetry_every: Annotated[int, Field(ge=1, le=1000)] = 1
 
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, tz: str) -> str:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {tz!r} (an IANA name such as 'Asia/Shanghai')") from None
+        return tz
+
     @model_validator(mode="after")
     def _references(self) -> AgentConfig:
         bus_names = [b.name for b in self.buses]
@@ -174,6 +185,19 @@ class AgentConfig(_Strict):
                 raise ValueError(f"devices[{i}] ({dev.name}): profile {dev.profile!r} needs a bus with protocol = {dev.profile!r}")
             if dev.address is not None and proto != "dlt645":
                 raise ValueError(f"devices[{i}] ({dev.name}): address is for DL/T 645 devices")
+            if proto == "modbus":
+                try:
+                    load_profile(dev.profile)
+                except ProfileError as exc:
+                    raise ValueError(f"devices[{i}] ({dev.name}): {exc}") from None
+        seen: dict[tuple[str, int | str], str] = {}
+        for i, dev in enumerate(self.devices):
+            if protocols[dev.bus] == "dianchuan":
+                continue
+            key = (dev.bus, dev.address.upper() if dev.address else dev.device_id)
+            if key in seen:
+                raise ValueError(f"devices[{i}] ({dev.name}): same bus and device id/address as {seen[key]!r}")
+            seen[key] = dev.name
         piles = {d.name for d in self.devices if d.role == "pile"}
         for i, link in enumerate(self.pile_links):
             if link.pile not in piles:
@@ -212,4 +236,6 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"{path}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_config(data, str(path))

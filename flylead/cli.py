@@ -23,6 +23,11 @@ app = typer.Typer(
 console = Console(width=max(Console().width, 120))
 
 
+def _check_protocol(protocol: str) -> None:
+    if protocol not in ("3.1.1", "5"):
+        raise typer.BadParameter(f"--mqtt-protocol must be 3.1.1 or 5, got {protocol!r}")
+
+
 def _host_port(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -63,9 +68,12 @@ def demo(
 ) -> None:
     """Run 8 simulated households (two charging e-bikes, one replaying a real household)
     through meters, agent, MQTT, ingest and store; print the alerts and precision/recall."""
-    from flylead.demo import DemoOptions, run_demo, write_report
+    from flylead.demo import DemoOptions, DemoError, run_demo, write_report
 
     _logging(verbose)
+    _check_protocol(mqtt_protocol)
+    if report is not None and not report.parent.is_dir():
+        raise typer.BadParameter(f"--report: folder {report.parent} does not exist")
     opts = DemoOptions(
         seed=seed, hours=hours, speed=speed, store_url=store, mqtt_protocol=mqtt_protocol,
         broker=_host_port(broker, "--broker") if broker else None,
@@ -75,7 +83,11 @@ def demo(
         f"(about {hours * 3600 / speed:.0f} s), seed {seed}, "
         f"broker {'embedded' if broker is None else broker}, store {store or 'embedded SQLite'}"
     )
-    result = asyncio.run(run_demo(opts))
+    try:
+        result = asyncio.run(run_demo(opts))
+    except DemoError as exc:
+        typer.echo(f"flylead demo: {exc}", err=True)
+        raise typer.Exit(1) from None
     table = Table(title="Alerts (read back from the store)")
     for col in ("kind", "household", "start", "end", "kWh", "confidence", "note"):
         table.add_column(col)
@@ -169,13 +181,24 @@ def ingest(
     """Subscribe to telemetry and alerts and write them to the store until SIGTERM."""
     import threading
 
-    from broker import Ingest, open_store
+    from broker import Ingest, StoreError, open_store
 
     _logging(verbose)
+    _check_protocol(mqtt_protocol)
     host, port = _host_port(broker, "--broker")
-    st = open_store(store)
+    try:
+        st = open_store(store)
+    except (ValueError, StoreError) as exc:
+        raise typer.BadParameter(f"--store: {exc}") from None
     ing = Ingest(st, host, port, protocol=mqtt_protocol)
-    ing.start()
+    try:
+        ing.start()
+    except TimeoutError as exc:
+        typer.echo(f"flylead ingest: {exc}", err=True)
+        st.close()
+        raise typer.Exit(1) from None
+    log = logging.getLogger("flylead.ingest")
+    log.warning("ingest subscribed on %s:%s, writing to %s", host, port, store.split("?")[0])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import tempfile
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from agent.config import AgentConfig, MqttSettings, parse_config
 from agent.publisher import Publisher
 from agent.runner import Agent
 from agent.schema import AlertMsg, TelemetryMsg
-from broker import EmbeddedBroker, Ingest, SqliteStore, Store, open_store
+from broker import EmbeddedBroker, Ingest, SqliteStore, Store, StoreError, open_store
 from detectors.evaluate import match_sessions
 from flylead.clock import SimClock, iso
 from simulators.fire_detector import FireDetectorTrace, fire_scenario, with_extra_load
@@ -48,6 +50,17 @@ DEMO_FIRE_POLL_S = 10.0
 DEMO_BREAKER_A = 16.0
 #: The pile port the linked household uses.
 DEMO_PILE_PORT = 4
+
+
+class DemoError(RuntimeError):
+    """The demo could not run: a broker or store unreachable, a bad store URL."""
+
+
+def _reachable(host: str, port: int, what: str, timeout_s: float = 3.0) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise DemoError(f"{what} {host}:{port} is not reachable ({exc.strerror or exc})") from None
 
 
 @dataclass
@@ -156,6 +169,7 @@ class Compound:
     fire: FireDetectorTrace
     pile: PileTrace
     overload_household: str
+    pile_user: str
 
 
 def build_compound(seed: int, hours: float) -> Compound:
@@ -169,9 +183,11 @@ def build_compound(seed: int, hours: float) -> Compound:
     fire = fire_scenario(scenario.start, hours, seed=seed, device=f"fd-{fire_hh}", household=fire_hh,
                          charging=[(s.start, s.end) for s in scenario.truth if s.household == fire_hh],
                          tz=scenario.tz)
-    # the pile user: a household whose last home session overlaps a session at its pile port
-    linked = scenario.truth[-1]
-    planned = [PlannedSession(port=DEMO_PILE_PORT, start=linked.start + 600.0, end=linked.end - 1800.0,
+    # the pile user: a household whose first lithium session at home overlaps a session at
+    # its own pile port
+    linked = next((s for s in scenario.truth if s.profile == "lithium"), scenario.truth[-1])
+    planned = [PlannedSession(port=DEMO_PILE_PORT, start=linked.start - 600.0,
+                              end=min(linked.end + 7200.0, scenario.end - 3600.0),
                               profile="lead_acid", user=linked.household)]
     pile = pile_usage(scenario.start, hours, pile="pile-1", seed=seed, planned=planned, tz=scenario.tz)
     # an overloaded circuit: a 3.5 kW heater on an extension lead, day 1 19:00-20:30 local
@@ -181,7 +197,7 @@ def build_compound(seed: int, hours: float) -> Compound:
     loaded, _ = with_extra_load(by_hh[over_hh], day1.timestamp(), day1.timestamp() + 5400.0, 3500.0,
                                 breaker_rating_a=DEMO_BREAKER_A)
     scenario.traces = [loaded if t.household == over_hh else t for t in scenario.traces]
-    return Compound(scenario, fire, pile, over_hh)
+    return Compound(scenario, fire, pile, over_hh, linked.household)
 
 
 def agent_config_for(compound: Compound, servers: dict[str, MeterServer], gateway: str,
@@ -206,7 +222,7 @@ def agent_config_for(compound: Compound, servers: dict[str, MeterServer], gatewa
         {"name": "pile-1", "bus": "bus-pile", "profile": "ebike_pile", "interval_s": DEMO_POLL_INTERVAL_S,
          "timeout_s": 0.5},
     ]
-    links = [{"household": compound.scenario.truth[-1].household, "pile": "pile-1", "port": DEMO_PILE_PORT}]
+    links = [{"household": compound.pile_user, "pile": "pile-1", "port": DEMO_PILE_PORT}]
     return parse_config(
         {"gateway": gateway, "tz": scenario.tz, "mqtt": mqtt.model_dump(), "health_interval_s": 3600.0,
          "buses": buses, "devices": devices, "pile_links": links},
@@ -227,12 +243,21 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
     Raises:
         RuntimeError: a component could not start (the message names which).
     """
+    if opts.broker is not None:
+        _reachable(*opts.broker, "MQTT broker")
+    if opts.store_url and opts.store_url.startswith(("influxdb://", "influxdbs://")):
+        url = urllib.parse.urlsplit(opts.store_url)
+        _reachable(url.hostname or "", url.port or 8086, "store")
+    try:
+        other_store = open_store(opts.store_url) if opts.store_url else None
+    except (ValueError, StoreError) as exc:
+        raise DemoError(str(exc)) from None
     compound = build_compound(opts.seed, opts.hours)
     scenario = compound.scenario
     clock = SimClock(scenario.start, opts.speed)
     tmpdir = tempfile.TemporaryDirectory(prefix="flylead-demo-")
     local = SqliteStore(Path(tmpdir.name) / "demo.sqlite")
-    store = _TeeStore(local, open_store(opts.store_url) if opts.store_url else None)
+    store = _TeeStore(local, other_store)
     embedded = None
     servers: dict[str, MeterServer] = {}
     ingest = publisher = None

@@ -43,6 +43,14 @@ def test_check_config_exit_codes(tmp_path):
         ("gateway = 'gw1'\nbuses = []\ndevices = [{name='m1', bus='nope', profile='sdm120'}]\n",
          "devices[0] (m1): unknown bus 'nope'"),
         ("gateway = 'gw1'\nbuses = []\ndevices = []\ncolour = 'red'\n", "colour: Extra inputs are not permitted"),
+        ("gateway = 'gw1'\ntz = 'Mars/Olympus'\nbuses = []\ndevices = []\n", "unknown time zone 'Mars/Olympus'"),
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502'}]\n"
+         "devices = [{name='m1', bus='b', profile='nope'}]\n", "devices[0] (m1): unknown profile 'nope'"),
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502'}]\n"
+         "devices = [{name='m1', bus='b', profile='sdm120'}, {name='m2', bus='b', profile='sdm120'}]\n",
+         "devices[1] (m2): same bus and device id/address as 'm1'"),
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502', serial='/dev/ttyUSB0'}]\ndevices = []\n",
+         "give exactly one of tcp, rtu_tcp, serial"),
     ],
 )
 def test_config_errors_name_file_key_and_problem(tmp_path, text, message):
@@ -54,9 +62,11 @@ def test_config_errors_name_file_key_and_problem(tmp_path, text, message):
     assert message in str(err.value)
 
 
-def test_missing_file():
+def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config("/nonexistent/flylead.toml")
+    with pytest.raises(ConfigError, match=f"{tmp_path}: cannot read: Is a directory"):
+        load_config(tmp_path)
 
 
 def test_duplicate_device_names():
