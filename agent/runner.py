@@ -181,6 +181,8 @@ class Agent:
             active = hh.detector.active
             if active is not None and hh.open_alert_id is None:
                 self._publish_session(dev, hh, active, closed=False)
+            elif active is None and not ended and hh.open_alert_id is not None:
+                self._withdraw(dev, hh, reading.t)
 
     def _publish_session(
         self, dev: DeviceSettings, hh: HouseholdState, session: ChargingSession, *, closed: bool
@@ -206,6 +208,18 @@ class Agent:
             detail=detail,
         )
         hh.open_alert_id = None if closed else alert_id
+        hh.open_start = None if closed else session.start
+
+    def _withdraw(self, dev: DeviceSettings, hh: HouseholdState, t: float) -> None:
+        """Close an open charging alert whose session no longer qualifies once more data
+        came in (the detector dropped it): a closed record that says so, confidence 0."""
+        self._emit_alert(
+            alert_id=hh.open_alert_id, kind="ebike_charging", state="closed",
+            household=dev.household or dev.name, device=dev.name, start=hh.open_start or t, end=t,
+            energy_kwh=0.0, confidence=0.0, profile="unknown",
+            detail="withdrawn: the session no longer qualifies with more data",
+        )
+        hh.open_alert_id = hh.open_start = None
 
     def _emit_alert(self, *, alert_id: str, household: str, confidence: float, detail: str = "",
                     **fields) -> AlertMsg:

@@ -144,7 +144,7 @@ class _DeviceThread:
 def _alert_row(a: AlertMsg) -> dict:
     row = _session_row(a.kind, a.household, a.start, a.end, a.energy_kwh, a.confidence)
     row["state"] = a.state
-    row["note"] = a.detail.split(":", 1)[0] if a.detail.startswith(("suppressed", "downgraded")) else (
+    row["note"] = a.detail.split(":", 1)[0] if a.detail.startswith(("suppressed", "downgraded", "withdrawn")) else (
         a.detail.split(";", 1)[0] if a.kind != "ebike_charging" else "")
     return row
 
@@ -306,7 +306,8 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
         every_stored = local.alerts()
         latest = {a.alert_id: a for a in sorted(every_stored, key=lambda a: a.ts)}
         shown = sorted(latest.values(), key=lambda a: (a.start, a.household))
-        stored = [a for a in shown if a.kind == "ebike_charging" and a.state == "closed"]
+        stored = [a for a in shown if a.kind == "ebike_charging" and a.state == "closed"
+                  and not a.detail.startswith("withdrawn")]
         sent = list(agent.alerts)
     finally:
         if publisher is not None:
