@@ -251,10 +251,8 @@ def read_device(
 
     Exit 0 on success, 1 when the device fails (timeout, exception or malformed reply,
     port or connection error), 2 for bad arguments."""
-    import termios
-
     from drivers.profile import ProfileError, load_profile
-    from drivers.reading import DriverError, quantity_unit
+    from drivers.reading import quantity_unit
     from flylead.clock import WallClock
 
     kind, target = _line_target(tcp, rtu_tcp, serial_port)
@@ -310,11 +308,7 @@ def read_device(
                 values = (await bus.read(spec)).values
                 info = {} if as_json else await _optional_info(bus, spec)
                 return values, info
-    try:
-        values, info = asyncio.run(run())
-    except (DriverError, OSError, termios.error) as exc:  # termios.error: a port refusing settings
-        typer.echo(str(exc) if isinstance(exc, DriverError) else f"{kind} {target}: {exc}", err=True)
-        raise typer.Exit(1) from None
+    values, info = _run_on_line(run(), kind, target)
     if as_json:
         out = {key: {"value": value, "unit": quantity_unit(key)} for key, value in values.items()}
         typer.echo(json.dumps({"device": name, "values": out}))
@@ -334,6 +328,20 @@ async def _optional_info(bus, spec) -> dict[str, str | int | float]:
         return await bus.read_info(spec)
     except (DeviceException, DeviceTimeout, DecodeError):
         return {}
+
+
+def _run_on_line(coro, kind: str, target: str):
+    """Run one device exchange; a driver error, an OS error or a port refusing its line
+    settings (termios.error) becomes one line on stderr and exit code 1."""
+    import termios
+
+    from drivers.reading import DriverError
+
+    try:
+        return asyncio.run(coro)
+    except (DriverError, OSError, termios.error) as exc:
+        typer.echo(str(exc) if isinstance(exc, DriverError) else f"{kind} {target}: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -370,9 +378,7 @@ def bus_scan(
 
     Exit 0 when the scan ran (even if nothing answered), 1 when the bus failed, 2 for bad
     arguments."""
-    import termios
-
-    from drivers.reading import DeviceTimeout, DriverError
+    from drivers.reading import DeviceTimeout
     from flylead.clock import WallClock
 
     if protocol not in ("modbus", "dlt645"):
@@ -393,11 +399,7 @@ def bus_scan(
                 except DeviceTimeout:
                     return []
 
-        try:
-            addresses = asyncio.run(find_meter())
-        except (DriverError, OSError, termios.error) as exc:
-            typer.echo(str(exc) if isinstance(exc, DriverError) else f"{kind} {target}: {exc}", err=True)
-            raise typer.Exit(1) from None
+        addresses = _run_on_line(find_meter(), kind, target)
         if as_json:
             typer.echo(json.dumps({"protocol": "dlt645", "bus": f"{kind} {target}",
                                    "devices": [{"address": a, "profile": "dlt645"} for a in addresses]}))
@@ -416,11 +418,7 @@ def bus_scan(
         async with bus:
             return await scan_bus(bus, wanted, timeout_s=timeout or 0.3)
 
-    try:
-        hits = asyncio.run(scan())
-    except (DriverError, OSError, termios.error) as exc:
-        typer.echo(str(exc) if isinstance(exc, DriverError) else f"{kind} {target}: {exc}", err=True)
-        raise typer.Exit(1) from None
+    hits = _run_on_line(scan(), kind, target)
     if as_json:
         devices = []
         for hit in hits:
