@@ -103,8 +103,12 @@ def demo(
         truth.add_row(s["household"], s["start"], s["end"], f"{s['energy_kwh']:.2f}")
     console.print(truth)
     m = result.metrics
-    console.print(f"e-bike charging vs ground truth: precision {m['precision']:.3f}  "
-                  f"recall {m['recall']:.3f}  f1 {m['f1']:.3f}")
+    def score(value: float, n: int) -> str:  # nothing to score: say so rather than 1.000
+        return f"{value:.3f}" if n else "n/a"
+
+    console.print(f"e-bike charging vs ground truth: precision {score(m['precision'], m['tp'] + m['fp'])}  "
+                  f"recall {score(m['recall'], m['tp'] + m['fn'])}  f1 {score(m['f1'], m['tp'] + m['fp'] + m['fn'])}  "
+                  f"(tp {m['tp']}, fp {m['fp']}, fn {m['fn']})")
     if report is not None:
         write_report(result, report)
         console.print(f"report written to {report}")

@@ -169,7 +169,7 @@ class Compound:
     fire: FireDetectorTrace
     pile: PileTrace
     overload_household: str
-    pile_user: str
+    pile_user: str | None
 
 
 def build_compound(seed: int, hours: float) -> Compound:
@@ -185,10 +185,12 @@ def build_compound(seed: int, hours: float) -> Compound:
                          tz=scenario.tz)
     # the pile user: a household whose first lithium session at home overlaps a session at
     # its own pile port
-    linked = next((s for s in scenario.truth if s.profile == "lithium"), scenario.truth[-1])
-    planned = [PlannedSession(port=DEMO_PILE_PORT, start=linked.start - 600.0,
-                              end=min(linked.end + 7200.0, scenario.end - 3600.0),
-                              profile="lead_acid", user=linked.household)]
+    linked = next((s for s in scenario.truth if s.profile == "lithium"),
+                  scenario.truth[-1] if scenario.truth else None)
+    planned = [] if linked is None else [
+        PlannedSession(port=DEMO_PILE_PORT, start=linked.start - 600.0,
+                       end=min(linked.end + 7200.0, scenario.end - 3600.0),
+                       profile="lead_acid", user=linked.household)]
     pile = pile_usage(scenario.start, hours, pile="pile-1", seed=seed, planned=planned, tz=scenario.tz)
     # an overloaded circuit: a 3.5 kW heater on an extension lead, day 1 19:00-20:30 local
     over_hh = "h04"
@@ -197,7 +199,7 @@ def build_compound(seed: int, hours: float) -> Compound:
     loaded, _ = with_extra_load(by_hh[over_hh], day1.timestamp(), day1.timestamp() + 5400.0, 3500.0,
                                 breaker_rating_a=DEMO_BREAKER_A)
     scenario.traces = [loaded if t.household == over_hh else t for t in scenario.traces]
-    return Compound(scenario, fire, pile, over_hh, linked.household)
+    return Compound(scenario, fire, pile, over_hh, linked.household if linked else None)
 
 
 def agent_config_for(compound: Compound, servers: dict[str, MeterServer], gateway: str,
@@ -222,7 +224,8 @@ def agent_config_for(compound: Compound, servers: dict[str, MeterServer], gatewa
         {"name": "pile-1", "bus": "bus-pile", "profile": "ebike_pile", "interval_s": DEMO_POLL_INTERVAL_S,
          "timeout_s": 0.5},
     ]
-    links = [{"household": compound.pile_user, "pile": "pile-1", "port": DEMO_PILE_PORT}]
+    links = ([{"household": compound.pile_user, "pile": "pile-1", "port": DEMO_PILE_PORT}]
+             if compound.pile_user else [])
     return parse_config(
         {"gateway": gateway, "tz": scenario.tz, "mqtt": mqtt.model_dump(), "health_interval_s": 3600.0,
          "buses": buses, "devices": devices, "pile_links": links},
@@ -326,7 +329,8 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
         alerts=[_alert_row(a) for a in shown],
         truth=[_session_row("ebike_charging", s.household, s.start, s.end, s.energy_kwh, 1.0)
                for s in scenario.truth],
-        metrics={"precision": metrics.precision, "recall": metrics.recall, "f1": metrics.f1},
+        metrics={"precision": metrics.precision, "recall": metrics.recall, "f1": metrics.f1,
+                 "tp": metrics.tp, "fp": metrics.fp, "fn": metrics.fn},
         health=health,
         ingest={"accepted": ingest.accepted, "rejected": ingest.rejected,
                 "duplicates": ingest.duplicates},
