@@ -11,7 +11,11 @@ from typing import Protocol
 
 from agent.config import BusSettings, DeviceSettings
 from drivers import DeviceSpec, Reading
+from drivers.dianchuan import DianchuanPile
+from drivers.dlt645 import WILDCARD_ADDRESS, Dlt645Client
 from drivers.modbus import open_bus
+from drivers.pile import port_values
+from drivers.reading import DeviceTimeout, DriverError
 from flylead.clock import Clock
 
 
@@ -63,8 +67,6 @@ class _CountingReader:
         return {k: dict(v) for k, v in self._health.items()}
 
     async def _counted(self, device: str, coro):
-        from drivers.reading import DeviceTimeout, DriverError
-
         self._count(device, "requests")
         try:
             result = await coro
@@ -82,15 +84,11 @@ class Dlt645Reader(_CountingReader):
     """DL/T 645-2007 meters on one RS-485 line (2400 8E1 by default, domain-facts §6)."""
 
     def __init__(self, bus: BusSettings, clock: Clock) -> None:
-        from drivers.dlt645 import Dlt645Client
-
         super().__init__()
         self._client = Dlt645Client(_serial_url(bus), clock=clock, baudrate=bus.baudrate or 2400,
                                     parity=bus.parity or "E")
 
     async def read(self, device: DeviceSettings) -> Reading:
-        from drivers.dlt645 import WILDCARD_ADDRESS
-
         address = (device.address or WILDCARD_ADDRESS).upper()
         return await self._counted(device.name, self._client.read(address, device=device.name))
 
@@ -109,9 +107,6 @@ class DianchuanReader(_CountingReader):
         self._piles: dict[str, object] = {}
 
     async def read(self, device: DeviceSettings) -> Reading:
-        from drivers.dianchuan import DianchuanPile
-        from drivers.pile import port_values
-
         pile = self._piles.get(device.name)
         if pile is None:
             pile = DianchuanPile(_serial_url(self._bus), device=device.name, clock=self._clock,

@@ -70,6 +70,7 @@ class Publisher:
         self._wake = threading.Condition(self._lock)
         self._mid_seq: dict[int, int] = {}      # paho mid -> outbox seq, handed and unacked
         self._early: set[int] = set()           # PUBACKs that beat the mid registration
+        self._status_mids: set[int] = set()     # status publishes: not outbox messages
         self._acked: list[int] = []             # outbox seqs to delete
         self._handed_seq = 0                    # highest outbox seq handed to paho
         self._commit_now = False
@@ -101,6 +102,16 @@ class Publisher:
     def _status_payload(self, state: str) -> str:
         return json.dumps({"v": 1, "gateway": self.gateway, "state": state, "ts": time.time()})
 
+    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
+        """Retained status (QoS 1); its PUBACK is not an outbox message's.  Our lock is not
+        held across paho's publish (see :meth:`publish`); from ``on_connect`` the PUBACK
+        cannot come before the mid is recorded, as both run in paho's network thread."""
+        info = self._client.publish(status_topic(self.gateway), self._status_payload(state),
+                                    qos=1, retain=True)
+        with self._lock:
+            self._status_mids.add(info.mid)
+        return info
+
     def next_msg_id(self) -> str:
         """A message id unique to this gateway: ``{gateway}:{run}:{seq}``."""
         return f"{self.gateway}:{self._run}:{next(self._seq)}"
@@ -110,7 +121,7 @@ class Publisher:
         if reason_code.is_failure:
             log.error("broker %s:%s refused connection: %s", self.settings.host, self.settings.port, reason_code)
             return
-        client.publish(status_topic(self.gateway), self._status_payload("online"), qos=1, retain=True)
+        self._publish_status("online")
         self.connects += 1
         self._connected.set()
         log.info("connected to broker %s:%s", self.settings.host, self.settings.port)
@@ -124,9 +135,14 @@ class Publisher:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # Never call paho from here: paho holds its message lock while calling us.
         with self._lock:
+            if mid in self._status_mids:
+                self._status_mids.discard(mid)
+                return
             seq = self._mid_seq.pop(mid, None)
             if seq is None:
-                self._early.add(mid)  # status message, or PUBACK before registration
+                # a PUBACK before the sender registered the mid (never a status message,
+                # so a stale entry here cannot later ack a different message with this mid)
+                self._early.add(mid)
                 return
             self._acked.append(seq)
             self.acked += 1
@@ -228,8 +244,7 @@ class Publisher:
         if self._sender is not None:
             self._sender.join(timeout_s)
         if self._connected.is_set():
-            info = self._client.publish(status_topic(self.gateway), self._status_payload("offline"), qos=1, retain=True)
-            info.wait_for_publish(timeout_s)
+            self._publish_status("offline").wait_for_publish(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
         self.outbox.ack(self._acked)
