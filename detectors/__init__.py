@@ -3,13 +3,16 @@
 
 from detectors.charging import ChargingSession, DetectorSettings, StreamingDetector, detect_sessions
 from detectors.evaluate import Metrics, SessionLike, match_sessions
+from detectors.interval import IntervalSettings, detect_interval_sessions
 
 __all__ = [
     "ChargingSession",
     "DetectorSettings",
+    "IntervalSettings",
     "Metrics",
     "SessionLike",
     "StreamingDetector",
+    "detect_interval_sessions",
     "detect_sessions",
     "match_sessions",
 ]

@@ -260,14 +260,23 @@ class DetectorSettings:
     #: Streaming: a session is reported once its end is this far (s) behind the newest data.
     settle_s: float = 1800.0
     #: Streaming: the core re-runs only while a session is open or when the load that
-    #: lasts (running minimum over ``trigger_min_s``, longer than a fridge run) fell by
-    #: ``trigger_fall_w`` within the last ``trigger_s``: a taper falls >= ``min_taper_w``
-    #: and the session it ends is reported within hours of it (lithium 3 time constants,
-    #: lead-acid stage 2 and float, plus ``settle_s``), and once found it stays open until
-    #: reported.  Chosen: 4 h; 35 min (fridge runs <= 30 min); 30 W (below ``min_taper_w``).
+    #: lasts (running minimum over ``trigger_min_s``, longer than a fridge run) fell
+    #: gradually (see ``trigger_bin_w``) by ``trigger_fall_w`` within the last
+    #: ``trigger_s``: a taper falls >= ``min_taper_w`` and the session it ends is reported
+    #: within hours of it (lithium 3 time constants, lead-acid stage 2 and float, plus
+    #: ``settle_s``), and once found it stays open until reported.  Chosen: 4 h; 35 min
+    #: (fridge runs <= 30 min); 30 W (below ``min_taper_w``).
     trigger_s: float = 4 * 3600.0
     trigger_min_s: float = 35 * 60.0
     trigger_fall_w: float = 30.0
+    #: Streaming: a drop of that minimum larger than this in one bin (W) is a switch-off
+    #: and not counted.  A taper falls gradually: with the shortest time constant
+    #: (``taper_tau_s``, 6 min) and the largest amplitude (``max_taper_w``) its steepest
+    #: bins fall ~70 W, but the bins after them fall less than 25 W each over at least
+    #: min(amplitude, 160 W), far above ``trigger_fall_w``.
+    #: Chosen so that the real household (UCI) stops re-running the core on every
+    #: switch-off (119 -> see bench/bench_streaming.py).
+    trigger_bin_w: float = 25.0
 
     def __post_init__(self) -> None:
         if not self.grid_s > 0:
@@ -735,7 +744,13 @@ class StreamingDetector:
         if np.isnan(x).any():
             return True
         rmin = sliding_window_view(x, w).min(axis=1)
-        return bool(np.max(np.maximum.accumulate(rmin) - rmin) >= s.trigger_fall_w)
+        # a switch-off falls within a bin or two: a bin's drop over trigger_bin_w is not
+        # counted, so what is left is the gradual part of the fall (a taper keeps
+        # >= min(amplitude, trigger_bin_w / (1 - exp(-1 / tau_bins))) of it)
+        d = np.diff(rmin)
+        d[d < -s.trigger_bin_w] = 0.0
+        gradual = np.r_[0.0, np.cumsum(d)]
+        return bool(np.max(np.maximum.accumulate(gradual) - gradual) >= s.trigger_fall_w)
 
     def _bins(self) -> np.ndarray:
         """The bins held, oldest first: shape (buffer_len,), W (NaN = gap)."""
@@ -748,9 +763,10 @@ class StreamingDetector:
             return []
         s = self.settings
         x = self._bins()
+        t_first = self._t_first_bin
         found: list[ChargingSession] = []
         for a, b in _segments(x):
-            found += _find_sessions(self._t_first_bin + a * s.grid_s, x[a:b], s, self._zone)
+            found += _find_sessions(t_first + a * s.grid_s, x[a:b], s, self._zone)
         newest = self._t_first_bin + self._len * s.grid_s
         ended, active = [], None
         for ses in found:
