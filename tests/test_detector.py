@@ -20,6 +20,7 @@ from detectors import DetectorSettings, StreamingDetector, detect_sessions, matc
 from detectors import steps, switch_on
 from detectors.taper import find_tapers, fit_exponential, fit_ramp
 from simulators.loads import household_trace
+from simulators.polling import poll
 from simulators.scenario import DEFAULT_START, demo_scenario
 
 H = 3600.0
@@ -31,15 +32,6 @@ class Found:
     start: float
     end: float
     energy_kwh: float
-
-
-def poll(trace, rng, period=60.0, jitter=5.0, drop=0.01):
-    """The agent's view of a trace: a poll every ``period`` s with jitter and lost polls."""
-    n = int((trace.end - trace.start) // period)
-    t = trace.start + np.arange(n) * period + rng.uniform(-jitter, jitter, n)
-    t = t[(t >= trace.start) & (t < trace.end)]
-    t = t[rng.random(t.size) >= drop]
-    return t, trace.power_w[((t - trace.start) // trace.step_s).astype(int)]
 
 
 def quiet_home(profile: str, seed: int):
@@ -107,6 +99,31 @@ def test_no_session_on_the_real_household():
     for seed in range(20):
         t, p = poll(trace, np.random.default_rng(seed))
         assert detect_sessions(t, p, tz=sc.tz) == []
+
+
+def test_no_session_on_the_whole_real_file():
+    """The whole bundled UCI file (4.3 days) under the 20 poll draws of ``flylead evaluate``'s
+    uci-neg corpus: no alert.  Before the look-elsewhere correction, draw u19 raised one
+    (17 Dec 21:09 local, 0.25 kWh, confidence 0.63, 47 matching switch-on candidates)."""
+    from simulators.corpora import uci_corpus
+
+    corpus = uci_corpus(20, seed=1, inject=False)
+    assert len(corpus.series) == 20
+    found = {s.household: detect_sessions(s.t, s.values) for s in corpus.series}
+    assert all(v == [] for v in found.values()), {k: len(v) for k, v in found.items() if v}
+
+
+def test_look_elsewhere_lowers_confidence_of_a_busy_match():
+    """Same taper, same night: 8 matching candidates cost nothing, 47 cost 1.8 of score."""
+    from detectors.charging import _confidence
+    from detectors.taper import Taper
+
+    s = DetectorSettings()
+    tp = Taper(i0=100, i1=130, tau_bins=23.07, amp_w=104.1, fall_w=100.0, share=0.034, rmse_w=5.33, ramp_rmse_w=7.68)
+    quiet = _confidence(tp, 1.0, s, candidates=1)
+    assert _confidence(tp, 1.0, s, candidates=8) == quiet
+    logit = lambda c: math.log(c / (1 - c))  # noqa: E731
+    assert logit(quiet) - logit(_confidence(tp, 1.0, s, candidates=47)) == pytest.approx(math.log(47 / 8))
 
 
 def test_streaming_state_is_bounded_and_ignores_bad_samples():
