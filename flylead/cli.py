@@ -450,6 +450,151 @@ def bus_scan(
         typer.echo(f"id {hit.device_id}: {hit.best} ({best.checked} values plausible: {shown})")
 
 
+def _seed_range(text: str) -> list[int]:
+    """``"1-20"`` or ``"1,3,5-7"`` -> seeds in order, no repeats."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+            raise typer.BadParameter(f"--seeds must look like 1-20 or 1,3,5-7, got {text!r}")
+        seeds.extend(s for s in range(int(lo), int(hi if sep else lo) + 1) if s not in seeds)
+    return seeds
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    seeds: Annotated[str, typer.Option("--seeds", help="Demo-scenario seeds of the sim corpora, e.g. 1-20 or 21-40.")] = "1-20",
+    corpus: Annotated[str, typer.Option("--corpus", help="Comma-separated corpora: sim, sim15, uci, uci15, uci-neg, uci15-neg.")] = "sim,sim15,uci,uci15,uci-neg,uci15-neg",
+    method: Annotated[str, typer.Option("--method", help="Comma-separated methods: flylead, threshold, pelt.")] = "flylead,threshold,pelt",
+    uci_replicas: Annotated[int, typer.Option("--uci-replicas", min=1, max=1000, help="Replicas of the real UCI household (each 4.3 days, its own injected sessions and polls).")] = 20,
+    uci_seed: Annotated[int, typer.Option("--uci-seed", help="Seed of the UCI injections and polls.")] = 1,
+    uci_window: Annotated[str, typer.Option("--uci-window", help="Local hours the UCI sessions start in, FROM-TO (e.g. 19-23.5; TO may pass 24).")] = "19-23.5",
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Processes (one job per corpus and method).")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure (and each detection) as JSON here.")] = None,
+) -> None:
+    """Score our charging detector and two baselines (power threshold, ruptures PELT) on
+    labelled corpora: session precision/recall/F1, household-day metrics, false alarms per
+    100 household-weeks."""
+    from flylead.evaluate import evaluate, results_table, write_json
+
+    if json_out is not None and not json_out.parent.is_dir():
+        raise typer.BadParameter(f"--json: folder {json_out.parent} does not exist")
+    try:
+        window = tuple(float(h) for h in uci_window.split("-"))
+    except ValueError:
+        window = ()
+    if len(window) != 2 or not 0 <= window[0] < window[1] <= 36:
+        raise typer.BadParameter(f"--uci-window must be FROM-TO hours, 0 <= FROM < TO <= 36, got {uci_window!r}")
+    names = [c.strip() for c in corpus.split(",") if c.strip()]
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    try:
+        result = evaluate(names, seeds=_seed_range(seeds), replicas=uci_replicas, uci_seed=uci_seed,
+                          uci_window_h=window, methods=methods, workers=workers,
+                          progress=lambda line: typer.echo(f"  {line}", err=True))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(results_table(result))
+    for name, c in result["corpora"].items():
+        console.print(f"[bold]{name}[/]: {c['note']}; {c['households']} households, "
+                      f"{c['household_days']} household-days, {c['household_weeks']:.1f} household-weeks")
+        for m, r in c["methods"].items():
+            if r["status"] != "ok":
+                console.print(f"  {m}: {r['status']} ({r['error']})")
+    console.print(f"{result['seconds']:.0f} s")
+    if json_out is not None:
+        write_json(result, json_out)
+        console.print(f"figures written to {json_out}")
+
+
+@app.command("explain")
+def explain_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    scenario_seed: Annotated[int | None, typer.Option("--scenario-seed", help="Draw a household of the demo scenario with this seed.")] = None,
+    household: Annotated[str | None, typer.Option("--household", help="Household of the demo scenario (h01-h08).")] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Long-format CSV: meter_id,timestamp,power_w.")] = None,
+    meter: Annotated[str | None, typer.Option("--meter", help="meter_id in the CSV.")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="Compound's zone: the time axis, and naive CSV timestamps (default: UTC for those, Asia/Shanghai for the axis).")] = None,
+) -> None:
+    """Write a PNG of one household's load with the detected charging sessions marked
+    (start, end, kWh, profile, confidence) and a close-up of each.
+
+    Exit 0 when written, 2 for an unknown household or meter or an unreadable input."""
+    from detectors import detect_sessions
+    from flylead.explain import ExplainError, from_csv, from_scenario, render_png
+
+    if (scenario_seed is None) == (csv_file is None):
+        raise typer.BadParameter("give either --scenario-seed N --household hNN or --csv FILE --meter ID")
+    if scenario_seed is not None and household is None:
+        raise typer.BadParameter("--scenario-seed needs --household (h01-h08)")
+    if csv_file is not None and meter is None:
+        raise typer.BadParameter("--csv needs --meter ID")
+    if not out.parent.is_dir():
+        raise typer.BadParameter(f"--out: folder {out.parent} does not exist")
+    try:
+        if scenario_seed is not None:
+            load = from_scenario(scenario_seed, household)
+            if tz is not None:
+                load.tz = tz
+        else:
+            load = from_csv(csv_file, meter, tz=tz)
+        sessions = detect_sessions(load.t, load.p_w, tz=load.tz)
+        render_png(load, sessions, out)
+    except ExplainError as exc:
+        typer.echo(f"flylead explain: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:  # the detector refusing the readings
+        typer.echo(f"flylead explain: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"flylead explain: {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    except ImportError as exc:
+        typer.echo(f"flylead explain: {exc.name or exc} is missing: pip install 'flylead[eval]'", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{out}: {load.household}, {len(sessions)} session(s) detected")
+
+
+@app.command("scan-file")
+def scan_file_cmd(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Long-format CSV (or .csv.gz) or Parquet: meter_id, timestamp and one of power_w, energy_kwh, register_kwh.")],
+    out: Annotated[Path, typer.Option("--out", help="Sessions: CSV, or JSON when it ends in .json.")],
+    tz: Annotated[str | None, typer.Option(help="IANA zone of timestamps without an offset (default: UTC).")] = None,
+    household_tz: Annotated[str | None, typer.Option(help="IANA zone of the households, for the night-time feature (default: --tz, else Asia/Shanghai).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the row accounting (rows read, used, unusable per reason) as JSON here.")] = None,
+    skip_malformed: Annotated[bool, typer.Option("--skip-malformed", help="Count malformed rows instead of stopping at the first.")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
+    bucket_rows: Annotated[int, typer.Option(min=10_000, help="Rows per temporary bucket: bounds the memory of the detection pass (~70 B a row).")] = 2_000_000,
+    tmp_dir: Annotated[Path | None, typer.Option(help="Folder for the temporary bucket files (~20 B a row).")] = None,
+) -> None:
+    """Find e-bike charging sessions in a utility export, one meter's rows anywhere in the
+    file, in bounded memory (docs/scan-file.md).  Exit 0 when scanned (the row accounting
+    is printed), 2 for malformed input, naming file, line and column."""
+    from flylead.scanfile import ScanError, scan_file
+
+    if not out.parent.is_dir():
+        raise typer.BadParameter(f"--out: folder {out.parent} does not exist")
+    show = Console(stderr=True).is_terminal if progress is None else progress
+    try:
+        result = scan_file(input_path, out, tz=tz, household_tz=household_tz or tz or "Asia/Shanghai",
+                           skip_malformed=skip_malformed, bucket_rows=bucket_rows, tmp_dir=tmp_dir,
+                           progress=show)
+    except (ScanError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    summary = result.as_dict()
+    typer.echo(f"{result.sessions} sessions from {result.meters} meters ({result.rows_used} of "
+               f"{result.rows_read} rows used, {result.quantity}) -> {out}")
+    for reason, n in summary["unusable"].items():
+        typer.echo(f"  not used: {reason}: {n}")
+    for note, n in summary["notes"].items():
+        typer.echo(f"  note: {note}: {n}")
+    if result.coarse_skipped:
+        typer.echo(f"  warning: {result.coarse_skipped} coarse meters (interval >= 5 min) not analysed: "
+                   "detectors.interval is not available", err=True)
+    if report is not None:
+        report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
 def _register_server_commands() -> None:
     """Server-side commands (alert desk, reports, broker credentials) live in broker/cli.py;
     that module keeps its heavy imports inside the commands."""

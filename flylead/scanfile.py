@@ -1,0 +1,792 @@
+"""``flylead scan-file``: e-bike charging sessions in a utility export, in bounded memory.
+
+Input: long-format CSV or Parquet (by extension: ``.parquet``/``.pq`` is Parquet, anything
+else CSV, gzip included) with the columns ``meter_id``, ``timestamp`` and exactly one of
+
+* ``power_w``: active power (W) at the timestamp;
+* ``energy_kwh``: energy (kWh) in the interval *ending* at the timestamp;
+* ``register_kwh``: the cumulative energy register (kWh).
+
+Other columns are ignored.  ``timestamp`` is ISO 8601 text (``2026-11-27T20:15:00Z``,
+``...+08:00``, ``2026-11-27 20:15:00``; up to nanoseconds) or, in Parquet, a timestamp
+column; a timestamp without an offset is UTC unless ``tz`` names its zone (then ambiguous
+and non-existent local times at a DST change take the earlier instant; the duplicates that
+may produce are counted below).
+
+Output: one row per session, ``meter_id,start,end,energy_kwh,peak_w,profile,confidence``,
+timestamps ISO 8601 UTC; CSV, or a JSON array of objects when OUTPUT ends in ``.json``.
+Sessions of one meter are together and sorted by start.
+
+How memory stays bounded (two passes, an external partition by meter):
+
+1. *Partition.*  The file is read in chunks of ``chunk_rows`` rows (pyarrow's streaming CSV
+   reader, or Parquet row batches); each row is parsed and checked, its meter id mapped to
+   an integer code (a dict of the distinct meter ids, the only state that grows with the
+   file: O(meters)), and the row appended as a 20-byte record (code, time ns, value) to one
+   of ``B`` temporary bucket files, bucket = code mod B.  ``B`` is chosen from the file's
+   size so that a bucket holds about ``bucket_rows`` rows.
+2. *Detect.*  Each bucket is loaded whole (records in file order), grouped by meter, sorted
+   by time, cleaned (duplicates, counter resets), converted to power and run through the
+   detector; its sessions are written out and the bucket is freed.
+
+Peak memory is therefore about ``chunk_rows`` x ~150 B (a parsed chunk with its strings)
+plus the largest bucket x ~70 B (records, sort indices and the per-meter arrays) plus
+O(meters) for the id map, whatever the file size.  Buckets hold whole meters (the detector
+needs a meter's series in one piece), so a bucket exceeds ``bucket_rows`` only when meters'
+row counts are very uneven; the largest single meter's rows always fit in one.  The bucket
+files need ~20 B per row of temporary disk (``tmp_dir``).
+
+What is done with awkward rows (every row not used is counted, per reason, in
+:class:`ScanReport`; nothing is dropped silently):
+
+* malformed text (a timestamp that is not ISO 8601, a value that is not a number, a row
+  with the wrong number of fields) is an error naming the file, line and column
+  (:class:`ScanError`), or, with ``skip_malformed``, counted;
+* an empty ``meter_id``, ``timestamp`` or value (a value of ``NA``, ``N/A``, ``NaN``,
+  ``null`` and pyarrow's other null markers is missing too), an infinite value, a negative energy or
+  register: counted (``missing meter_id`` ...);
+* rows out of time order: tolerated (sorted; counted in ``notes`` as ``out_of_order``);
+* the same meter and timestamp twice: the later row is kept; the earlier counted as
+  ``duplicate row`` (same value) or ``conflicting duplicate`` (different value);
+* a register going down (meter replaced or rolled over): counted in ``notes`` as
+  ``counter_resets``; the accumulation restarts at the new reading (the interval across the
+  reset gives no power, never a negative or huge spike);
+* gaps: intervals of ``energy_kwh``/``register_kwh`` data longer than 2.5 times the meter's
+  median interval give no power (``notes['gaps']``); the detector itself bridges gaps of up
+  to 15 min and splits its analysis at longer ones.
+
+Energy and register data are turned into average power over each interval, placed at the
+interval's midpoint: ``energy_kwh`` over the meter's median interval (the export's interval
+length), ``register_kwh`` as the register's rise over the time between readings.  Meters
+whose median interval is 5 min or more are coarse (e.g. 15-min utility interval energy) and
+go to :func:`detectors.interval.detect_interval_sessions` with the energy per interval;
+finer ones to :func:`detectors.detect_sessions` with the power.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors import ChargingSession, DetectorSettings, detect_sessions
+
+QUANTITIES = ("power_w", "energy_kwh", "register_kwh")
+COLUMNS = ("meter_id", "timestamp")
+#: Median interval (s) from which a meter's data is coarse (interval energy detector).
+COARSE_S = 300.0
+#: An interval longer than this many times the meter's median gives no power (a gap).
+GAP_FACTOR = 2.5
+#: Record of the bucket files: meter code, UTC time (ns), value.
+RECORD = np.dtype([("code", "<u4"), ("t", "<i8"), ("v", "<f8")])
+OUTPUT_FIELDS = ("meter_id", "start", "end", "energy_kwh", "peak_w", "profile", "confidence")
+
+
+class ScanError(Exception):
+    """Malformed input: the file, the line (CSV: physical line, 1 = header; Parquet: row,
+    1 = first row), the column and what is wrong.  ``str()`` reads
+    ``FILE:LINE: column 'COL': PROBLEM``."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, column: str | None, problem: str) -> None:
+        self.path, self.line, self.column, self.problem = str(path), line, column, problem
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f"column {column!r}: " if column else ""
+        super().__init__(f"{where}: {what}{problem}")
+
+
+@dataclass
+class ScanReport:
+    """What a scan did with the rows.
+
+    Attributes:
+        rows_read: data rows in the file (CSV blank lines not counted).
+        rows_used: rows that went into the analysis (``rows_read`` less ``unusable``).
+        unusable: rows not used, per reason.
+        notes: tolerated oddities: ``out_of_order`` rows, ``counter_resets``, ``gaps``.
+        meters: distinct meter ids with at least one usable row.
+        fine_meters, coarse_meters: meters analysed as fine (< 5 min) or coarse data.
+        sessions: sessions written.
+        quantity: the value column found.
+        coarse_skipped: coarse meters not analysed because ``detectors.interval`` is missing.
+        seconds_read, seconds_detect: wall time of pass 1 (read, parse, partition) and
+            pass 2 (clean, detect, write).
+    """
+
+    rows_read: int = 0
+    rows_used: int = 0
+    unusable: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+    meters: int = 0
+    fine_meters: int = 0
+    coarse_meters: int = 0
+    coarse_skipped: int = 0
+    sessions: int = 0
+    quantity: str = ""
+    seconds_read: float = 0.0
+    seconds_detect: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows_read": self.rows_read, "rows_used": self.rows_used,
+                "unusable": dict(sorted(self.unusable.items())), "notes": dict(sorted(self.notes.items())),
+                "meters": self.meters, "fine_meters": self.fine_meters, "coarse_meters": self.coarse_meters,
+                "coarse_skipped": self.coarse_skipped, "sessions": self.sessions, "quantity": self.quantity,
+                "seconds_read": round(self.seconds_read, 3), "seconds_detect": round(self.seconds_detect, 3)}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def _pick_quantity(path: Path, names: list[str], line: int | None) -> str:
+    """The one quantity column among ``names``, or ScanError."""
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise ScanError(path, line, missing[0], f"missing; the header has {names}")
+    found = [q for q in QUANTITIES if q in names]
+    if len(found) != 1:
+        raise ScanError(path, line, None, f"need exactly one of {list(QUANTITIES)} as a column, found {found or 'none'}")
+    return found[0]
+
+
+class _Chunk:
+    """A parsed chunk: meter ids (pyarrow string array), times (int64 ns UTC, np), values
+    (float64, np), each row's first record number (data row 1 = first), and a mask of the
+    rows usable so far."""
+
+    __slots__ = ("ids", "t", "v", "first_row", "ok")
+
+    def __init__(self, ids, t, v, first_row, ok) -> None:
+        self.ids, self.t, self.v, self.first_row, self.ok = ids, t, v, first_row, ok
+
+
+class _Reader:
+    """Chunks of one file, parsed and checked (the pass-1 half that knows the format).
+
+    Args:
+        path: the file.
+        tz: zone of timestamps without an offset (None: UTC).
+        chunk_rows: rows per chunk (Parquet; CSV reads blocks of about that many rows).
+        skip_malformed: count malformed values instead of raising :class:`ScanError`.
+        count: ``count(reason, n)`` books unusable rows.
+    """
+
+    def __init__(self, path: Path, tz: str | None, chunk_rows: int, skip_malformed: bool,
+                 count: Callable[[str, int], None]) -> None:
+        import pyarrow as pa
+
+        self.pa = pa
+        self.path, self.tz, self.chunk_rows = path, tz, chunk_rows
+        self.skip_malformed, self.count = skip_malformed, count
+        self.parquet = _is_parquet(path)
+        self.bad_rows: list[tuple[int | None, str]] = []   # CSV rows with the wrong field count
+        if self.parquet:
+            import pyarrow.parquet as pq
+
+            try:
+                self._pf = pq.ParquetFile(path)
+            except (pa.ArrowException, OSError) as exc:
+                raise ScanError(path, None, None, f"not a readable Parquet file ({exc})") from None
+            names = self._pf.schema_arrow.names
+            self.quantity = _pick_quantity(path, names, None)
+            self.total_rows = self._pf.metadata.num_rows
+        else:
+            with _open_text(path) as f:
+                header = f.readline()
+                sample = f.read(1 << 16)
+            names = [n.strip() for n in next(csv.reader([header]), [])]
+            self.quantity = _pick_quantity(path, names, 1)
+            self._names = names
+            self._raw = open(path, "rb")  # noqa: SIM115 (closed in close())
+            gz = self._raw.read(2) == b"\x1f\x8b"
+            self._raw.seek(0)
+            self._stream = gzip.GzipFile(fileobj=self._raw) if gz else self._raw
+            self.total_bytes = os.fstat(self._raw.fileno()).st_size
+            lines = sample.count("\n")
+            per_row = len(sample.encode()) / lines if lines else max(len(header.encode()), 16)
+            self._bytes_per_row = max(per_row, 8.0)
+            self._ratio = 4.0 if gz else 1.0   # gzip: ~4x smaller
+
+    def close(self) -> None:
+        if not self.parquet:
+            self._raw.close()
+
+    def bytes_done(self) -> int:
+        """CSV: compressed bytes read so far (for the progress bar)."""
+        return self._raw.tell()
+
+    def estimated_rows(self) -> int:
+        """Rows in the file: exact for Parquet, from the size and the header's length for CSV
+        (a data row is about as long as the header)."""
+        if self.parquet:
+            return self.total_rows
+        return int(self.total_bytes * self._ratio / self._bytes_per_row) + 1
+
+    # -- chunks
+
+    def chunks(self) -> Iterator[_Chunk]:
+        """Parsed chunks in file order (record numbers continue across chunks)."""
+        row = 1
+        for ids, ts, vs in (self._parquet_batches() if self.parquet else self._csv_batches()):
+            n = len(ids)
+            ok = np.ones(n, dtype=bool)
+            t = self._times(ts, row, ok)
+            v = self._values(vs, row, ok)
+            ids = self._ids(ids, ok)
+            yield _Chunk(ids, t, v, row, ok)
+            row += n
+
+    def _parquet_batches(self):
+        pa = self.pa
+        cols = ["meter_id", "timestamp", self.quantity]
+        for batch in self._pf.iter_batches(batch_size=self.chunk_rows, columns=cols):
+            yield batch.column(0), batch.column(1), batch.column(2)
+
+    def _csv_batches(self):
+        import pyarrow.csv as pcsv
+
+        pa = self.pa
+        cols = ["meter_id", "timestamp", self.quantity]
+
+        def invalid(row) -> str:
+            self.bad_rows.append((row.number, row.text))
+            if self.skip_malformed:
+                self.count("wrong number of fields", 1)
+                return "skip"
+            return "error"
+
+        block = int(max(1 << 16, min(self.chunk_rows * self._bytes_per_row, 1 << 28)))
+        try:
+            reader = pcsv.open_csv(
+                self._stream,
+                read_options=pcsv.ReadOptions(block_size=block, use_threads=True),
+                parse_options=pcsv.ParseOptions(invalid_row_handler=invalid),
+                convert_options=pcsv.ConvertOptions(
+                    include_columns=cols, column_types={c: pa.string() for c in cols},
+                    strings_can_be_null=True, quoted_strings_can_be_null=True))
+            for batch in reader:
+                yield batch.column(0), batch.column(1), batch.column(2)
+        except pa.ArrowInvalid as exc:
+            if self.bad_rows and not self.skip_malformed:
+                number, text = self.bad_rows[-1]
+                raise ScanError(self.path, self._line_of(number, text), None,
+                                f"{len(next(csv.reader([text]), []))} fields, expected {len(self._names)}: {text[:80]!r}") from None
+            raise ScanError(self.path, None, None, f"unreadable CSV ({exc})") from None
+
+    # -- columns
+
+    def _line(self, row: int) -> int:
+        """Physical line (CSV) or row (Parquet) of data record ``row`` (1 = first)."""
+        if self.parquet:
+            return row
+        return self._line_of(row + 1, None)
+
+    def _line_of(self, record: int | None, text: str | None) -> int | None:
+        """Physical line of CSV record ``record`` (1 = header; blank lines are not records),
+        or of the first line equal to ``text`` when the record number is unknown.  Re-reads
+        the file: used only to report an error."""
+        with _open_text(self.path) as f:
+            rec = 0
+            for lineno, line in enumerate(f, 1):
+                stripped = line.rstrip("\r\n")
+                if not stripped:
+                    continue
+                rec += 1
+                if (record is not None and rec == record) or (record is None and stripped == text):
+                    return lineno
+        return None
+
+    def _malformed(self, column: str, reason: str, row: int, bad: np.ndarray, sample: str, ok: np.ndarray) -> None:
+        """Rows ``bad`` (mask of this chunk) are malformed: raise for the first, or count."""
+        if not self.skip_malformed:
+            i = int(np.flatnonzero(bad)[0])
+            raise ScanError(self.path, self._line(row + i), column, f"{reason}: {sample!r}")
+        self.count(f"malformed {column}", int(np.count_nonzero(bad & ok)))
+        ok &= ~bad
+
+    def _ids(self, ids, ok: np.ndarray):
+        pa, pc = self.pa, _pc()
+        if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
+            ids = pc.cast(ids, pa.string())
+        empty = ids.is_null().to_numpy(zero_copy_only=False) | (pc.utf8_length(ids).to_numpy(zero_copy_only=False) == 0)
+        empty = np.asarray(empty, dtype=bool)
+        if empty.any():
+            self.count("missing meter_id", int(np.count_nonzero(empty & ok)))
+            ok &= ~empty
+        return ids
+
+    def _times(self, ts, row: int, ok: np.ndarray) -> np.ndarray:
+        """int64 ns UTC; null/malformed rows are counted (or raise) and read 0."""
+        pa, pc = self.pa, _pc()
+        typ = ts.type
+        if pa.types.is_timestamp(typ):
+            ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
+            if typ.tz is None:
+                ns = self._localise(ns)
+        elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            ns = self._parse_times(ts, row, ok)
+        else:
+            raise ScanError(self.path, self._line(row), "timestamp", f"expected ISO 8601 text or a timestamp type, got {typ}")
+        null = np.asarray(ns.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        out = pc.fill_null(pc.cast(ns, pa.timestamp("ns", "UTC")).cast(pa.int64()), 0).to_numpy()
+        missing = null & ok
+        if missing.any():
+            self.count("missing timestamp", int(np.count_nonzero(missing)))
+            ok &= ~null
+        return out
+
+    def _localise(self, naive):
+        pa, pc = self.pa, _pc()
+        if self.tz is None:
+            return pc.cast(naive.cast(pa.int64()), pa.timestamp("ns", "UTC"))
+        return pc.assume_timezone(naive, self.tz, ambiguous="earliest", nonexistent="earliest")
+
+    def _parse_times(self, ts, row: int, ok: np.ndarray):
+        """ISO 8601 text to a timestamp array (ns, UTC); null stays null."""
+        pa, pc = self.pa, _pc()
+        utc, naive = pa.timestamp("ns", "UTC"), pa.timestamp("ns")
+        ts = pc.utf8_trim_whitespace(ts)
+        first = next((x for x in ts.slice(0, 64).to_pylist() if x), "")
+        if _has_offset(first):
+            try:
+                return pc.cast(ts, utc)
+            except pa.ArrowInvalid:
+                pass
+        else:
+            try:
+                return self._localise(pc.cast(ts, naive))
+            except pa.ArrowInvalid:
+                pass
+        # mixed: with and without an offset, or malformed somewhere
+        off = np.asarray(pc.match_substring_regex(ts, _OFFSET_RE).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+        out = np.zeros(len(ts), dtype=np.int64)
+        null = np.asarray(ts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        for mask, typ in ((off, utc), (~off & ~null, naive)):
+            if not mask.any():
+                continue
+            part = ts.filter(pa.array(mask))
+            try:
+                parsed = pc.cast(part, typ)
+            except pa.ArrowInvalid:
+                bad = np.zeros(len(ts), dtype=bool)
+                idx = np.flatnonzero(mask)
+                for j, text in enumerate(part.to_pylist()):
+                    try:
+                        pc.cast(pa.array([text]), typ)
+                    except pa.ArrowInvalid:
+                        bad[idx[j]] = True
+                sample = ts[int(np.flatnonzero(bad)[0])].as_py()
+                self._malformed("timestamp", "not an ISO 8601 date and time", row, bad, sample, ok)
+                null |= bad
+                keep = mask & ~bad
+                if not keep.any():
+                    continue
+                parsed = pc.cast(ts.filter(pa.array(keep)), typ)
+                mask = keep
+            if typ is naive:
+                parsed = self._localise(parsed)
+            out[mask] = pc.cast(parsed, utc).cast(pa.int64()).to_numpy()
+        return pa.array(out, type=pa.int64(), mask=null).cast(utc)
+
+    def _values(self, vs, row: int, ok: np.ndarray) -> np.ndarray:
+        """float64; null/malformed/non-finite/negative (energy) rows counted (or raise)."""
+        pa, pc = self.pa, _pc()
+        col = self.quantity
+        if pa.types.is_string(vs.type) or pa.types.is_large_string(vs.type):
+            vs = pc.utf8_trim_whitespace(vs)
+            try:
+                num = pc.cast(vs, pa.float64())
+            except pa.ArrowInvalid:
+                bad = np.zeros(len(vs), dtype=bool)
+                for j, text in enumerate(vs.to_pylist()):
+                    if text is None:
+                        continue
+                    try:
+                        float(text)
+                    except ValueError:
+                        bad[j] = True
+                sample = vs[int(np.flatnonzero(bad)[0])].as_py()
+                self._malformed(col, "not a number", row, bad, sample, ok)
+                num = pc.cast(pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), vs), pa.float64())
+        elif pa.types.is_integer(vs.type) or pa.types.is_floating(vs.type) or pa.types.is_decimal(vs.type):
+            num = pc.cast(vs, pa.float64())
+        else:
+            raise ScanError(self.path, self._line(row), col, f"expected numbers, got {vs.type}")
+        v = num.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)   # null -> NaN
+        null = np.asarray(num.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        for reason, bad in (("missing " + col, null),
+                            ("non-finite " + col, ~null & ~np.isfinite(v)),
+                            ("negative " + col, (v < 0) if col != "power_w" else None)):
+            if bad is None:
+                continue
+            hit = bad & ok
+            if hit.any():
+                self.count(reason, int(np.count_nonzero(hit)))
+                ok &= ~bad
+        return v
+
+
+def _pc():
+    import pyarrow.compute as pc
+
+    return pc
+
+
+#: An ISO 8601 time of day followed by a zone offset (``Z``, ``+08``, ``+0800``, ``+08:00``).
+_OFFSET_RE = r"\d\d:\d\d(:\d\d(\.\d*)?)?\s*([zZ]|[+-]\d\d(:?\d\d)?)$"
+
+
+def _has_offset(text: str) -> bool:
+    return re.search(_OFFSET_RE, text.strip()) is not None
+
+
+def _open_text(path: Path):
+    """The file as text (gzip or plain), for the header and for locating an error's line."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    if gz:
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+
+
+# ----------------------------------------------------------------------------- partition
+
+
+class _Buckets:
+    """The temporary bucket files of pass 1."""
+
+    def __init__(self, folder: Path, n: int) -> None:
+        self.n = n
+        self.paths = [folder / f"bucket{i:04d}.bin" for i in range(n)]
+        self.files = [open(p, "wb") for p in self.paths]  # noqa: SIM115 (closed in close())
+        self.rows = np.zeros(n, dtype=np.int64)
+
+    def write(self, codes: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
+        rec = np.empty(codes.size, dtype=RECORD)
+        rec["code"], rec["t"], rec["v"] = codes, t, v
+        if self.n == 1:
+            rec.tofile(self.files[0])
+            self.rows[0] += rec.size
+            return
+        b = codes % self.n
+        order = np.argsort(b, kind="stable")
+        rec, b = rec[order], b[order]
+        cuts = np.searchsorted(b, np.arange(self.n + 1))
+        for i in range(self.n):
+            if cuts[i + 1] > cuts[i]:
+                rec[cuts[i]:cuts[i + 1]].tofile(self.files[i])
+                self.rows[i] += cuts[i + 1] - cuts[i]
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+# ----------------------------------------------------------------------------- one meter
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSeries:
+    """One meter's cleaned data: shape (n,) arrays, ``t`` float64 UTC epoch s strictly
+    increasing, ``v`` float64 in the file's quantity."""
+
+    t: np.ndarray
+    v: np.ndarray
+
+
+def clean_meter(t_ns: np.ndarray, v: np.ndarray, notes: Counter, unusable: Counter) -> MeterSeries:
+    """Sort one meter's rows (in file order) by time and drop duplicates (the later row of a
+    timestamp is kept); books ``out_of_order`` in ``notes`` and the duplicates in
+    ``unusable``.
+
+    Args:
+        t_ns: shape (n,), int64, UTC ns, in file order.
+        v: shape (n,), float64.
+    """
+    if t_ns.size > 1:
+        late = np.count_nonzero(t_ns[1:] < np.maximum.accumulate(t_ns)[:-1])
+        if late:
+            notes["out_of_order"] += int(late)
+            order = np.argsort(t_ns, kind="stable")
+            t_ns, v = t_ns[order], v[order]
+        keep = np.r_[t_ns[1:] != t_ns[:-1], True]
+        if not keep.all():
+            kept = np.flatnonzero(keep)
+            drop = np.flatnonzero(~keep)
+            same = int(np.count_nonzero(v[drop] == v[kept[np.searchsorted(kept, drop)]]))
+            for reason, n in (("duplicate row", same), ("conflicting duplicate (later row kept)", drop.size - same)):
+                if n:
+                    unusable[reason] += n
+            t_ns, v = t_ns[keep], v[keep]
+    return MeterSeries(t_ns.astype(np.float64) / 1e9, v)
+
+
+def to_intervals(series: MeterSeries, quantity: str, notes: Counter) -> tuple[np.ndarray, np.ndarray, float]:
+    """A meter's data as energy per interval.
+
+    Returns:
+        ``(t_end, energy_kwh, interval_s)``: shape (m,) float64 interval ends (UTC epoch s)
+        and energies (kWh; NaN where unknown: across a counter reset or a gap), and the
+        meter's median interval (s; NaN with fewer than two readings).  ``power_w`` readings
+        are read as the average over the interval ending at them.
+    """
+    t, v = series.t, series.v
+    if t.size < 2:
+        return t[:0], v[:0], math.nan
+    dt = np.diff(t)
+    interval = float(np.median(dt))
+    if quantity == "register_kwh":
+        de = np.diff(v)
+        reset = de < 0
+        if reset.any():
+            notes["counter_resets"] += int(np.count_nonzero(reset))
+        gap = dt > GAP_FACTOR * interval
+        notes["gaps"] += int(np.count_nonzero(gap & ~reset))
+        e = np.where(reset | gap, np.nan, de * (interval / dt))
+        return t[1:], e, interval
+    if quantity == "energy_kwh":
+        return t, v.copy(), interval
+    return t, v * interval / 3.6e6, interval
+
+
+def to_power(series: MeterSeries, quantity: str, notes: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """A meter's data as power readings for :func:`detectors.detect_sessions`: shape (m,)
+    float64 times (UTC epoch s, strictly increasing) and W (NaN = unknown).
+
+    ``power_w`` as is; ``energy_kwh`` as the average over the meter's median interval (the
+    export's interval length), placed mid-interval; ``register_kwh`` as the register's rise
+    over the time between readings, mid-interval, NaN across a counter reset or a gap
+    (booked in ``notes``).
+    """
+    t, v = series.t, series.v
+    if quantity == "power_w":
+        return t, v
+    if t.size < 2:
+        return t[:0], v[:0]
+    interval = float(np.median(np.diff(t)))
+    if quantity == "energy_kwh":
+        return t - 0.5 * interval, v * 3.6e6 / interval
+    dt, de = np.diff(t), np.diff(v)
+    reset = de < 0
+    gap = dt > GAP_FACTOR * interval
+    if reset.any():
+        notes["counter_resets"] += int(np.count_nonzero(reset))
+    notes["gaps"] += int(np.count_nonzero(gap & ~reset))
+    p = np.where(reset | gap, np.nan, de * 3.6e6 / dt)
+    return t[:-1] + 0.5 * dt, p
+
+
+# ----------------------------------------------------------------------------- output
+
+
+class _Writer:
+    """Sessions to CSV or (``.json``) a JSON array, as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self.json = path.suffix.lower() == ".json"
+        self.f = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.n = 0
+        if self.json:
+            self.f.write("[")
+        else:
+            self.csv = csv.writer(self.f, lineterminator="\n")
+            self.csv.writerow(OUTPUT_FIELDS)
+
+    def write(self, meter_id: str, s: ChargingSession) -> None:
+        from flylead.clock import iso
+
+        row = (meter_id, iso(s.start), iso(s.end), round(s.energy_kwh, 4), round(s.peak_w, 1), s.profile,
+               round(s.confidence, 3))
+        if self.json:
+            self.f.write(("\n " if self.n == 0 else ",\n ") + json.dumps(dict(zip(OUTPUT_FIELDS, row)), ensure_ascii=False))
+        else:
+            self.csv.writerow(row)
+        self.n += 1
+
+    def close(self) -> None:
+        if self.json:
+            self.f.write("\n]\n" if self.n else "]\n")
+        self.f.close()
+
+
+# ----------------------------------------------------------------------------- the scan
+
+
+def _interval_detector():
+    """:func:`detectors.interval.detect_interval_sessions`, or None when not there yet."""
+    try:
+        from detectors.interval import detect_interval_sessions
+    except ImportError:
+        return None
+    return detect_interval_sessions
+
+
+def detect_meter(series: MeterSeries, quantity: str, report: ScanReport, *, tz: str,
+                 settings: DetectorSettings | None = None) -> list[ChargingSession]:
+    """Sessions of one cleaned meter: coarse data (median interval >= 5 min) through the
+    interval-energy detector, finer data through :func:`detectors.detect_sessions`."""
+    if series.t.size < 2:
+        report.fine_meters += 1
+        return []
+    interval = float(np.median(np.diff(series.t)))
+    if interval >= COARSE_S:
+        report.coarse_meters += 1
+        detect = _interval_detector()
+        if detect is None:
+            report.coarse_skipped += 1
+            return []
+        t_end, e, interval = to_intervals(series, quantity, report.notes)
+        ok = ~np.isnan(e)
+        try:
+            return list(detect(t_end[ok], e[ok], interval_s=interval, tz=tz))
+        except ValueError:   # irregular intervals the interval detector cannot grid
+            report.notes["coarse meters the interval detector refused"] += 1
+            return []
+    report.fine_meters += 1
+    t, p = to_power(series, quantity, report.notes)
+    return detect_sessions(t, p, settings, tz=tz)
+
+
+def scan_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    tz: str | None = None,
+    household_tz: str = "Asia/Shanghai",
+    skip_malformed: bool = False,
+    chunk_rows: int = 500_000,
+    bucket_rows: int = 2_000_000,
+    tmp_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    settings: DetectorSettings | None = None,
+) -> ScanReport:
+    """Scan a utility export for charging sessions and write them to ``output_path``.
+
+    Args:
+        input_path: long-format CSV (optionally gzip) or Parquet (module docstring).
+        output_path: CSV, or JSON when it ends in ``.json``; written even with no session.
+        tz: IANA zone of timestamps without an offset (None: they are UTC).
+        household_tz: IANA zone of the households, for the detector's night-time feature.
+        skip_malformed: count malformed rows instead of stopping at the first.
+        chunk_rows: rows parsed at once (pass 1 memory).
+        bucket_rows: target rows per bucket (pass 2 memory).
+        tmp_dir: where the bucket files go (default: the system's temporary folder).
+        progress: show a progress bar (rich) on stderr.
+        settings: detector constants.
+
+    Returns:
+        The :class:`ScanReport`.
+
+    Raises:
+        ScanError: malformed input (file, line, column), unless ``skip_malformed``; a
+            missing column or not exactly one quantity column always.
+        FileNotFoundError: ``input_path`` does not exist.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    src, dst = Path(input_path), Path(output_path)
+    for zone in (tz, household_tz):
+        if zone is not None:
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {zone!r} (an IANA name such as Asia/Shanghai)") from None
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such file")
+    report = ScanReport()
+
+    def count(reason: str, n: int) -> None:
+        if n:
+            report.unusable[reason] += n
+
+    reader = _Reader(src, tz, chunk_rows, skip_malformed, count)
+    report.quantity = reader.quantity
+    ids: dict[str, int] = {}
+    names: list[str] = []
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TimeRemainingColumn(), console=Console(stderr=True), disable=not progress, transient=False)
+    with tempfile.TemporaryDirectory(prefix="flylead-scan-", dir=tmp_dir) as tmp, bar:
+        clock = time.perf_counter()
+        n_buckets = int(min(512, max(1, math.ceil(reader.estimated_rows() / bucket_rows))))
+        buckets = _Buckets(Path(tmp), n_buckets)
+        try:
+            read_task = bar.add_task(f"reading {src.name}",
+                                     total=reader.total_rows if reader.parquet else reader.total_bytes)
+            for chunk in reader.chunks():
+                report.rows_read += len(chunk.ok)
+                sel = np.flatnonzero(chunk.ok)
+                if sel.size:
+                    codes = _codes(chunk.ids, sel, ids, names)
+                    buckets.write(codes, chunk.t[sel], chunk.v[sel])
+                bar.update(read_task, completed=(report.rows_read if reader.parquet else reader.bytes_done()))
+        finally:
+            buckets.close()
+            reader.close()
+        report.seconds_read = time.perf_counter() - clock
+        clock = time.perf_counter()
+        # rows the CSV parser skipped never reached a chunk
+        report.rows_read += report.unusable.get("wrong number of fields", 0)
+        writer = _Writer(dst)
+        try:
+            det_task = bar.add_task("detecting", total=int(buckets.rows.sum()))
+            for path, rows in zip(buckets.paths, buckets.rows):
+                if rows:
+                    _scan_bucket(path, names, reader.quantity, report, writer, household_tz, settings)
+                path.unlink()
+                bar.advance(det_task, int(rows))
+        finally:
+            writer.close()
+        report.seconds_detect = time.perf_counter() - clock
+    report.meters = len(names)
+    report.sessions = writer.n
+    report.rows_used = report.rows_read - sum(report.unusable.values())
+    return report
+
+
+def _codes(ids, sel: np.ndarray, table: dict[str, int], names: list[str]) -> np.ndarray:
+    """Integer codes (uint32) of the meter ids at ``sel``, new ids added to ``table``."""
+    import pyarrow as pa
+
+    pc = _pc()
+    enc = pc.dictionary_encode(ids.take(pa.array(sel)))
+    local = np.empty(len(enc.dictionary), dtype=np.uint32)
+    for i, name in enumerate(enc.dictionary.to_pylist()):
+        code = table.get(name)
+        if code is None:
+            code = table[name] = len(names)
+            names.append(name)
+        local[i] = code
+    return local[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def _scan_bucket(path: Path, names: list[str], quantity: str, report: ScanReport, writer: _Writer,
+                 tz: str, settings: DetectorSettings | None) -> None:
+    """Pass 2 for one bucket file: per meter (by meter id), clean, detect, write."""
+    rec = np.fromfile(path, dtype=RECORD)
+    order = np.argsort(rec["code"], kind="stable")   # stable: file order within a meter
+    codes = rec["code"][order]
+    t, v = rec["t"][order], rec["v"][order]
+    del rec
+    cuts = np.flatnonzero(np.diff(codes)) + 1
+    starts, ends = np.r_[0, cuts], np.r_[cuts, codes.size]
+    for a, b in sorted(zip(starts.tolist(), ends.tolist()), key=lambda ab: names[codes[ab[0]]]):
+        series = clean_meter(t[a:b], v[a:b], report.notes, report.unusable)
+        for s in detect_meter(series, quantity, report, tz=tz, settings=settings):
+            writer.write(names[codes[a]], s)

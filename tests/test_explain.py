@@ -1,0 +1,111 @@
+"""``flylead explain``: a PNG of a household's load with its sessions, clear errors otherwise."""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from detectors import detect_sessions
+from flylead.cli import app
+from flylead.explain import ExplainError, from_csv, from_scenario
+from simulators.loads import household_trace
+from simulators.polling import poll
+from simulators.scenario import DEFAULT_START, demo_scenario
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_scenario_household_png(tmp_path):
+    out = tmp_path / "h02.png"
+    res = CliRunner().invoke(app, ["explain", "--scenario-seed", "1", "--household", "h02", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    load = from_scenario(1, "h02")
+    n = len(detect_sessions(load.t, load.p_w, tz=load.tz))  # 2 when written
+    assert n >= 1 and f"h02, {n} session(s) detected" in res.output
+    assert png_size(out) == (1540, 935)  # 14 x 8.5 in at 110 dpi: overview and close-ups
+    assert out.stat().st_size > 50_000
+
+
+def test_scenario_household_is_polled_as_evaluate_polls_it():
+    load = from_scenario(1, "h05")
+    sc = demo_scenario(seed=1)
+    rng = np.random.default_rng(1)
+    for trace in sc.traces[:5]:
+        t, p = poll(trace, rng)
+    np.testing.assert_array_equal(load.t, t)
+    np.testing.assert_array_equal(load.p_w, p)
+    assert load.truth == [(s.start, s.end) for s in sc.truth if s.household == "h05"]
+
+
+def test_csv_meter_png_with_naive_local_timestamps(tmp_path):
+    trace, (true,) = household_trace("m1", DEFAULT_START, 30, 4, step_s=60.0,
+                                     appliances={"standby", "fridge"},
+                                     sessions=[(DEFAULT_START + 9 * 3600, "lithium")])
+    t, p = poll(trace, np.random.default_rng(0))
+    csv_path = tmp_path / "meters.csv"
+    lines = ["meter_id,timestamp,power_w"]
+    for a, b in zip(t, p):  # naive local times (UTC+8), another meter interleaved, reversed
+        lines.append(f"m1,{datetime.fromtimestamp(a, SHANGHAI).replace(tzinfo=None).isoformat()},{b:.3f}")
+        lines.append(f"m2,{datetime.fromtimestamp(a, UTC).isoformat()},1.0")
+    csv_path.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    load = from_csv(csv_path, "m1", tz="Asia/Shanghai")
+    np.testing.assert_allclose(load.t, np.round(t, 6), atol=1e-5)
+    (s,) = detect_sessions(load.t, load.p_w, tz=load.tz)
+    assert abs(s.start - true.start) <= 120
+    out = tmp_path / "m1.png"
+    res = CliRunner().invoke(app, ["explain", "--csv", str(csv_path), "--meter", "m1", "--tz", "Asia/Shanghai",
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert png_size(out) == (1540, 935)
+    # a meter with nothing to show: the overview alone
+    out2 = tmp_path / "m2.png"
+    res = CliRunner().invoke(app, ["explain", "--csv", str(csv_path), "--meter", "m2", "-o", str(out2)])
+    assert res.exit_code == 0 and "0 session(s)" in res.output
+    assert png_size(out2) == (1540, 528)
+
+
+def test_unknown_household_or_meter_exits_2(tmp_path):
+    res = CliRunner().invoke(app, ["explain", "--scenario-seed", "1", "--household", "h09",
+                                   "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2
+    assert "no household 'h09'" in res.output and "h01, h02" in res.output
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("meter_id,timestamp,power_w\nA1,2026-11-27T00:00:00Z,100\n")
+    res = CliRunner().invoke(app, ["explain", "--csv", str(csv_path), "--meter", "B2", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "no row for meter 'B2' (meters in the file: A1)" in res.output
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("meter_id,time,power_w\n", "line 1: missing column(s) timestamp"),
+    ("meter_id,timestamp,power_w\nA1,yesterday,100\n", "line 2, column timestamp: not ISO 8601"),
+    ("meter_id,timestamp,power_w\nA1,2026-11-27T00:00:00Z,1O0\n", "line 2, column power_w: not a number"),
+])
+def test_malformed_csv_is_named(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ExplainError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        from_csv(path, "A1")
+    res = CliRunner().invoke(app, ["explain", "--csv", str(path), "--meter", "A1", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_input_options_are_checked(tmp_path):
+    res = CliRunner().invoke(app, ["explain", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "either --scenario-seed" in res.output
+    res = CliRunner().invoke(app, ["explain", "--csv", str(tmp_path / "none.csv"), "--meter", "A",
+                                   "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "none.csv" in res.output

@@ -1,0 +1,252 @@
+"""``flylead scan-file``: utility exports (CSV, Parquet; power, interval energy, register)
+to charging sessions, with every unusable row counted and malformed input named by file,
+line and column.
+
+The household is a quiet home (standby and fridge) with one lead-acid session starting at
+2026-11-27T14:00:00Z, read once a minute; the detector finds its start to the minute on
+clean data (tests/test_detector.py), so every variant here must too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from flylead.cli import app
+from flylead.scanfile import ScanError, scan_file
+from simulators.loads import household_trace
+from simulators.scenario import DEFAULT_START
+
+H = 3600.0
+TRUE_START = DEFAULT_START + 10 * H          # 2026-11-27T14:00:00Z
+runner = CliRunner()
+
+
+def _iso(t: float, tz: str | None = None, offset: bool = True) -> str:
+    d = datetime.fromtimestamp(t, UTC)
+    if tz:
+        d = d.astimezone(ZoneInfo(tz))
+    text = d.strftime("%Y-%m-%dT%H:%M:%S")
+    if offset:
+        text += "Z" if tz is None else d.strftime("%z")[:3] + ":" + d.strftime("%z")[3:]
+    return text
+
+
+@pytest.fixture(scope="module")
+def home():
+    """(t, p_w, truth): one minute readings (read at :30) of the quiet home, 36 h."""
+    trace, truth = household_trace("q1", DEFAULT_START, 36, 4, step_s=60.0, appliances={"standby", "fridge"},
+                                   sessions=[(TRUE_START, "lead_acid")])
+    t = trace.start + np.arange(trace.power_w.size) * 60.0 + 30.0
+    return t, trace.power_w, truth[0]
+
+
+def _rows(t, p, quantity, meter="m1"):
+    if quantity == "power_w":
+        vals = p
+    elif quantity == "energy_kwh":   # energy in the minute ending at t
+        vals = p * 60.0 / 3.6e6
+    else:
+        vals = 1234.5 + np.cumsum(p * 60.0 / 3.6e6)
+    return [(meter, tt, float(v)) for tt, v in zip(t, vals)]
+
+
+def _write_csv(path: Path, rows, quantity, fmt=lambda t: _iso(t)) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["meter_id", "timestamp", quantity])
+        for m, t, v in rows:
+            w.writerow([m, fmt(t) if isinstance(t, float) else t, f"{v:.6f}" if isinstance(v, float) else v])
+    return path
+
+
+def _sessions(path: Path) -> list[dict]:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _start(row) -> float:
+    return datetime.fromisoformat(row["start"].replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("quantity", ["power_w", "energy_kwh", "register_kwh"])
+def test_csv_each_quantity_finds_the_session(tmp_path, home, quantity):
+    t, p, true = home
+    src = _write_csv(tmp_path / "in.csv", _rows(t, p, quantity), quantity)
+    out = tmp_path / "out.csv"
+    report = scan_file(src, out)
+    assert report.quantity == quantity
+    assert (report.rows_read, report.rows_used, report.meters) == (2160, 2160, 1)
+    (row,) = _sessions(out)
+    assert list(row) == ["meter_id", "start", "end", "energy_kwh", "peak_w", "profile", "confidence"]
+    assert row["meter_id"] == "m1" and row["profile"] == "lead_acid"
+    assert abs(_start(row) - true.start) <= 120
+    assert row["start"].endswith("Z")
+    assert float(row["energy_kwh"]) == pytest.approx(true.energy_kwh, rel=0.2)
+
+
+def test_parquet_with_timestamp_type_and_json_output(tmp_path, home):
+    t, p, true = home
+    table = pa.table({
+        "meter_id": pa.array(["m1"] * t.size),
+        "timestamp": pa.array((t * 1e6).astype("int64"), type=pa.timestamp("us", "UTC")),
+        "energy_kwh": pa.array(p * 60.0 / 3.6e6),
+        "voltage_v": pa.array(np.full(t.size, 220.0)),  # other columns are ignored
+    })
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=500)
+    report = scan_file(tmp_path / "in.parquet", tmp_path / "out.json", chunk_rows=700)
+    assert (report.rows_read, report.rows_used) == (2160, 2160)
+    (row,) = _sessions(tmp_path / "out.json")
+    assert abs(_start(row) - true.start) <= 120 and row["profile"] == "lead_acid"
+
+
+def test_parquet_iso_text_column(tmp_path, home):
+    t, p, true = home
+    table = pa.table({"meter_id": ["m1"] * t.size, "timestamp": [_iso(x) for x in t], "power_w": p})
+    pq.write_table(table, tmp_path / "in.pq")
+    scan_file(tmp_path / "in.pq", tmp_path / "out.csv")
+    (row,) = _sessions(tmp_path / "out.csv")
+    assert abs(_start(row) - true.start) <= 120
+
+
+def test_local_time_with_tz_and_mixed_offsets(tmp_path, home):
+    """Naive local times with --tz, and the same instants with +08:00 and Z mixed, give the
+    same session as UTC."""
+    t, p, _ = home
+    rows = _rows(t, p, "power_w")
+    naive = _write_csv(tmp_path / "naive.csv", rows, "power_w", fmt=lambda x: _iso(x, "Asia/Shanghai", offset=False))
+    mixed = _write_csv(tmp_path / "mixed.csv",
+                       [(m, _iso(x, "Asia/Shanghai") if i % 2 else _iso(x), v) for i, (m, x, v) in enumerate(rows)],
+                       "power_w")
+    utc = _write_csv(tmp_path / "utc.csv", rows, "power_w")
+    scan_file(utc, tmp_path / "utc.out.csv")
+    scan_file(naive, tmp_path / "naive.out.csv", tz="Asia/Shanghai")
+    scan_file(mixed, tmp_path / "mixed.out.csv")
+    expect = _sessions(tmp_path / "utc.out.csv")
+    assert len(expect) == 1
+    assert _sessions(tmp_path / "naive.out.csv") == expect
+    assert _sessions(tmp_path / "mixed.out.csv") == expect
+    # without --tz the naive local times are read as UTC: 8 h later
+    scan_file(naive, tmp_path / "as_utc.csv")
+    assert _start(_sessions(tmp_path / "as_utc.csv")[0]) - _start(expect[0]) == 8 * H
+
+
+def test_messy_register_export(tmp_path, home):
+    """Shuffled rows, duplicates (5 identical, 2 with another value), a counter reset
+    (meter replaced at 03:00 UTC, long before the session), a 40-min gap, empty cells and a
+    second meter interleaved: every oddity counted, the session still found."""
+    t, p, true = home
+    rows = _rows(t, p, "register_kwh")
+    reset_at = int((DEFAULT_START + 23 * H - t[0]) // 60)          # 03:00 next day
+    rows = rows[:reset_at] + [(m, x, v - 1200.0) for m, x, v in rows[reset_at:]]
+    del rows[100:140]                                              # 40-min gap
+    rng = np.random.default_rng(3)
+    dups = [rows[i] for i in (10, 20, 30, 40, 50)]
+    conflicting = [(m, x, v - 1e-4) for m, x, v in (rows[60], rows[70])]
+    other = [("m2", x, 10.0 + i * 0.001) for i, x in enumerate(t[::10])]
+    empty = [("", _iso(t[5]), 1.0), ("m2", "", 1.0), ("m2", _iso(t[7]), "")]
+    allrows = rows + dups + conflicting + other + empty
+    order = rng.permutation(len(allrows))
+    src = _write_csv(tmp_path / "in.csv", [allrows[i] for i in order], "register_kwh")
+    report = scan_file(src, tmp_path / "out.csv", bucket_rows=10_000)
+    assert report.rows_read == len(allrows) == 2120 + 5 + 2 + 216 + 3
+    assert dict(report.unusable) == {
+        "duplicate row": 5, "conflicting duplicate (later row kept)": 2,
+        "missing meter_id": 1, "missing timestamp": 1, "missing register_kwh": 1}
+    assert report.rows_used == report.rows_read - 10
+    assert report.notes["counter_resets"] == 1
+    assert report.notes["gaps"] == 1
+    assert report.notes["out_of_order"] > 1000
+    assert report.meters == 2
+    (row,) = _sessions(tmp_path / "out.csv")
+    assert row["meter_id"] == "m1" and abs(_start(row) - true.start) <= 120
+
+
+def test_many_meters_spread_over_buckets_give_the_same_sessions(tmp_path, home):
+    """Three meters' rows interleaved; one bucket or several (bounded memory) alike."""
+    t, p, _ = home
+    rows = []
+    for m in ("a", "b", "c"):
+        rows += _rows(t, p if m == "b" else np.full(t.size, 80.0), "power_w", meter=m)
+    rows.sort(key=lambda r: r[1])
+    src = _write_csv(tmp_path / "in.csv", rows, "power_w")
+    one = scan_file(src, tmp_path / "one.csv", bucket_rows=10**7, chunk_rows=1000)
+    many = scan_file(src, tmp_path / "many.csv", bucket_rows=2000, chunk_rows=1000)
+    assert (one.meters, many.meters) == (3, 3)
+    assert _sessions(tmp_path / "one.csv") == _sessions(tmp_path / "many.csv")
+    assert [r["meter_id"] for r in _sessions(tmp_path / "one.csv")] == ["b"]
+
+
+def test_coarse_interval_energy_goes_to_the_interval_detector(tmp_path, home):
+    t, p, _ = home
+    e15 = p[: p.size // 15 * 15].reshape(-1, 15).sum(axis=1) * 60.0 / 3.6e6
+    t15 = DEFAULT_START + 900.0 * np.arange(1, e15.size + 1)
+    src = _write_csv(tmp_path / "in.csv", [("m1", x, float(v)) for x, v in zip(t15, e15)], "energy_kwh")
+    report = scan_file(src, tmp_path / "out.csv")
+    assert (report.coarse_meters, report.fine_meters, report.coarse_skipped) == (1, 0, 0)
+    from detectors.interval import detect_interval_sessions
+
+    expect = detect_interval_sessions(t15, e15, interval_s=900.0, tz="Asia/Shanghai")
+    assert len(_sessions(tmp_path / "out.csv")) == len(expect)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _cli(*args):
+    return runner.invoke(app, ["scan-file", *map(str, args)])
+
+
+@pytest.mark.parametrize(("text", "line", "column", "problem"), [
+    ("meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\n\nm1,2026-11-27T00:01:00Z,1,5\n", 4, None, "4 fields, expected 3"),
+    ("meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\nm1,2026-11-27T00:01:00Z,1\n\nm1,2026-11-27T00:02:00Z,1.2.3\n", 5, "power_w", "not a number"),
+    ("meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\nm1,27/11/2026 00:01,1\n", 3, "timestamp", "not an ISO 8601"),
+    ("meter_id,time,power_w\nm1,2026-11-27T00:00:00Z,1\n", 1, "timestamp", "missing"),
+    ("meter_id,timestamp,power_w,energy_kwh\nm1,2026-11-27T00:00:00Z,1,2\n", 1, None, "need exactly one of"),
+])
+def test_malformed_input_names_file_line_and_column(tmp_path, text, line, column, problem):
+    src = tmp_path / "bad.csv"
+    src.write_text(text)
+    with pytest.raises(ScanError) as err:
+        scan_file(src, tmp_path / "out.csv")
+    assert (err.value.line, err.value.column) == (line, column)
+    assert problem in err.value.problem
+    res = _cli(src, "--out", tmp_path / "out.csv")
+    assert res.exit_code == 2
+    assert f"bad.csv:{line}:" in res.output and problem in res.output
+
+
+def test_skip_malformed_counts_instead(tmp_path):
+    src = tmp_path / "bad.csv"
+    src.write_text("meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\nm1,2026-11-27T00:01:00Z,x\n"
+                   "m1,yesterday,1\nm1,2026-11-27T00:03:00Z,1,9\nm1,2026-11-27T00:04:00Z,inf\n"
+                   "m1,2026-11-27T00:05:00Z,NA\n")
+    report = scan_file(src, tmp_path / "out.csv", skip_malformed=True)
+    assert report.rows_read == 6 and report.rows_used == 1
+    assert dict(report.unusable) == {"malformed power_w": 1, "malformed timestamp": 1, "wrong number of fields": 1,
+                                     "non-finite power_w": 1, "missing power_w": 1}
+
+
+def test_cli_prints_the_accounting_and_no_progress_bar_off_a_terminal(tmp_path, home):
+    t, p, _ = home
+    rows = _rows(t, p, "power_w")
+    src = _write_csv(tmp_path / "in.csv", rows + [rows[0], ("m1", _iso(t[-1] + 60), "")], "power_w")
+    res = _cli(src, "--out", tmp_path / "out.csv", "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert "1 sessions from 1 meters (2160 of 2162 rows used, power_w)" in res.output
+    assert "not used: duplicate row: 1" in res.output and "not used: missing power_w: 1" in res.output
+    assert "reading" not in res.output and "━" not in res.output     # no bar when not a TTY
+    assert json.loads((tmp_path / "r.json").read_text())["unusable"] == {"duplicate row": 1, "missing power_w": 1}
+    assert _cli(tmp_path / "nope.csv", "--out", tmp_path / "o.csv").exit_code == 2
+    assert _cli(src, "--out", tmp_path / "o.csv", "--tz", "Mars/Olympus").exit_code == 2
