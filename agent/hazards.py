@@ -3,8 +3,9 @@
 Wires :mod:`detectors.hazards` (electrical-fire detector rules, overload, device fault and
 offline) and :mod:`detectors.piles` (pile sessions, home-charging suppression) into the
 poll loop: :meth:`HazardWatch.observe` after each good reading, :meth:`HazardWatch.missed`
-after each failed poll.  Each event becomes one :class:`~agent.schema.AlertMsg` (opened and
-escalated notify; acknowledged and latched update; resolved closes, with why).
+after each failed poll, :meth:`HazardWatch.acknowledge` for an acknowledgement from the desk
+(:class:`~agent.schema.AckCmd`).  Each event becomes one :class:`~agent.schema.AlertMsg`
+(opened and escalated notify; acknowledged and latched update; resolved closes, with why).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from agent.commands import CommandError
 from agent.config import AgentConfig, DeviceSettings
-from agent.schema import AlertMsg
+from agent.schema import AckCmd, AlertMsg
 from detectors.hazards import FireSettings, HazardEvent, HazardMonitor, OverloadSettings
 from detectors.piles import PileLink, PileTracker, PortSession, SuppressionDecision, suppress_home_charging
 from drivers import Reading
+from flylead.clock import iso
 
 #: Ended pile sessions kept for the suppression check (a compound's piles over ~2 days).
 MAX_PILE_SESSIONS = 2000
@@ -32,6 +35,8 @@ class HazardWatch:
 
     def __init__(self, config: AgentConfig, make_alert: Callable[..., AlertMsg]) -> None:
         self.monitor = HazardMonitor(tz=config.tz)
+        self.gateway = config.gateway
+        self.devices = {d.name: d for d in config.devices}
         self.make_alert = make_alert
         self.trackers: dict[str, PileTracker] = {}
         self.pile_sessions: deque[PortSession] = deque(maxlen=MAX_PILE_SESSIONS)
@@ -65,6 +70,51 @@ class HazardWatch:
         """A failed poll (timeout, exception, bad frame) at ``t``."""
         for event in self.monitor.missed(dev.name, t):
             self._publish(dev, event)
+
+    def alert_id(self, engine_id: str) -> str:
+        """The alert id as published: the engine's id prefixed with the gateway (≤ 96
+        characters, as :class:`~agent.schema.AlertMsg` allows)."""
+        return f"{self.gateway}:{engine_id}"[:96]
+
+    def acknowledge(self, cmd: AckCmd, t: float) -> list[HazardEvent]:
+        """Apply the desk's acknowledgement ``cmd`` at ``t`` (the agent's clock, UTC epoch s)
+        and publish what happened.
+
+        The latch is reset only when the alarm's condition has cleared: then the alert is
+        resolved at ``t``, its reason naming who acknowledged and when.  While the condition
+        still holds the acknowledgement is recorded (event ``acknowledged``, the alert stays
+        open) and the alert resolves when the condition clears (docs/hazards.md).
+
+        Returns:
+            the :class:`~detectors.hazards.HazardEvent` list (``resolved`` or ``acknowledged``).
+
+        Raises:
+            CommandError: no open alert has ``cmd.alert_id`` (resolved already, never
+                existed, or opened before a restart of the agent), its device or hazard
+                differ from the command's, it does not latch (nothing to acknowledge), or
+                it was acknowledged already.
+        """
+        match = [a for a in self.monitor.open_alerts() if self.alert_id(a.alert_id) == cmd.alert_id]
+        if not match:
+            raise CommandError(f"ack {cmd.msg_id}: no open alert {cmd.alert_id!r} on this gateway "
+                               "(resolved already, unknown, or from before a restart)")
+        a = match[0]
+        if (a.device, a.hazard) != (cmd.device, cmd.hazard):
+            raise CommandError(f"ack {cmd.msg_id}: alert {cmd.alert_id!r} is device {a.device!r} hazard "
+                               f"{a.hazard!r}, the command names {cmd.device!r} / {cmd.hazard!r}")
+        if not a.latched:
+            raise CommandError(f"ack {cmd.msg_id}: alert {cmd.alert_id!r} ({a.hazard}, {a.rule}) does not "
+                               "latch: it resolves on its own, nothing to acknowledge")
+        if a.acknowledged_at is not None:
+            raise CommandError(f"ack {cmd.msg_id}: alert {cmd.alert_id!r} was acknowledged by "
+                               f"{a.acknowledged_by} at {iso(a.acknowledged_at)} already")
+        where = f"desk case {cmd.case}" if cmd.case is not None else "desk"
+        note = f"{where}, {iso(cmd.at)}" + (f": {cmd.note}" if cmd.note else "")
+        events = self.monitor.acknowledge(t, cmd.by, device=a.device, hazard=a.hazard, note=note)
+        dev = self.devices[a.device]
+        for event in events:
+            self._publish(dev, event)
+        return events
 
     def charging_decision(self, household: str, start: float, end: float) -> SuppressionDecision:
         """Whether a home-charging alert of ``household`` over [start, end] overlaps its own

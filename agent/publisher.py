@@ -7,6 +7,12 @@ outbox when the broker's PUBACK arrives.  While the broker is away paho keeps th
 and resends it in order after reconnecting; the rest waits in SQLite.  After a restart,
 whatever the outbox still holds is sent again with its original ``msg_id``.
 
+Commands: :meth:`Publisher.subscribe` registers a handler for one exact topic (the agent's
+``flylead/v1/{gw}/cmd/ack``).  The agent's session is clean (nothing is kept for it while
+it is away), so every subscription is made again in ``on_connect``, after each reconnect.
+Handlers run in paho's network thread; an exception in one is logged, never raised into
+paho.
+
 Status: on connect the agent publishes ``{"state": "online"}`` retained on its status
 topic; the broker publishes the last will ``{"state": "offline"}`` (retained, QoS 1) if
 the agent vanishes, and :meth:`Publisher.close` publishes it on a clean stop.
@@ -21,6 +27,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel
@@ -77,6 +84,10 @@ class Publisher:
         self._stop = False
         self._connected = threading.Event()
         self._sender: threading.Thread | None = None
+        #: exact topic -> handler(topic, payload) of :meth:`subscribe`
+        self._subs: dict[str, Callable[[str, bytes], None]] = {}
+        self.subscribes = 0  # SUBSCRIBE packets sent (one per topic per connection)
+        self.received = 0  # messages handed to a handler
         self.published = 0
         self.acked = 0
         self.connects = 0
@@ -98,6 +109,8 @@ class Publisher:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     def _status_payload(self, state: str) -> str:
         return json.dumps({"v": 1, "gateway": self.gateway, "state": state, "ts": time.time()})
@@ -122,8 +135,12 @@ class Publisher:
             log.error("broker %s:%s refused connection: %s", self.settings.host, self.settings.port, reason_code)
             return
         self._publish_status("online")
+        with self._lock:  # with subscribe(): each topic is subscribed here, there, or both
+            self._connected.set()
+            topics = list(self._subs)
+        for topic in topics:  # a clean session forgets subscriptions: make them again
+            self._subscribe(topic)
         self.connects += 1
-        self._connected.set()
         log.info("connected to broker %s:%s", self.settings.host, self.settings.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -147,6 +164,32 @@ class Publisher:
             self._acked.append(seq)
             self.acked += 1
             self._wake.notify_all()
+
+    def _subscribe(self, topic: str) -> None:
+        result, _mid = self._client.subscribe(topic, qos=1)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("subscribe to %s failed (%s); tried again on the next connect", topic, result)
+        else:
+            self.subscribes += 1
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for rc in reason_codes:
+            if rc.is_failure:
+                log.error("broker %s:%s refused a subscription: %s (check the gateway's ACL: "
+                          "read on flylead/v1/%s/cmd/#)", self.settings.host, self.settings.port,
+                          rc, self.gateway)
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            handler = self._subs.get(message.topic)
+        if handler is None:
+            log.warning("message on %s, which this agent did not subscribe to: ignored", message.topic)
+            return
+        self.received += 1
+        try:
+            handler(message.topic, bytes(message.payload))
+        except Exception:  # a handler bug must not stop paho's network thread
+            log.exception("handler of %s failed", message.topic)
 
     # ------------------------------------------------------------------ sender
     def _send_loop(self) -> None:
@@ -198,6 +241,23 @@ class Publisher:
             )
         self._sender = threading.Thread(target=self._send_loop, name="flylead-sender", daemon=True)
         self._sender.start()
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+        """Receive the messages of one exact ``topic`` (QoS 1) with ``handler(topic,
+        payload)``, called in paho's network thread (keep it short; hand work over to
+        the caller's own thread).  Subscribed now if connected, and again on every
+        (re)connect.
+
+        Raises:
+            ValueError: ``topic`` holds an MQTT wildcard (``+``, ``#``) or is empty.
+        """
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"subscribe needs an exact topic, got {topic!r}")
+        with self._lock:
+            self._subs[topic] = handler
+            connected = self._connected.is_set()
+        if connected:
+            self._subscribe(topic)
 
     def publish(self, topic: str, msg: BaseModel, kind: Kind = "telemetry") -> None:
         """Queue one message (QoS 1, not retained).  Alerts are committed at once;

@@ -6,6 +6,12 @@ answering is retried after an exponentially growing pause (capped at
 ``AgentConfig.max_backoff_s``), so on a shared bus it costs the others at most one timeout
 per retry.  Due times advance by whole intervals from the schedule, not from when a read
 finished, so polling does not drift.
+
+Commands: the agent subscribes to its own ``flylead/v1/{gw}/cmd/ack``; each message is
+handed from paho's network thread to the agent's event loop and handled there
+(:meth:`Agent.handle_command`), in the same thread as the polls, so the hazard rules are
+never touched from two threads.  A refused command is logged with its reason and counted;
+it never stops the agent.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.buses import BusReader, open_reader
+from agent.commands import CommandError, CommandInbox, DuplicateCommand
 from agent.config import AgentConfig, DeviceSettings
 from agent.hazards import HazardWatch
 from agent.publisher import Publisher
@@ -29,6 +36,20 @@ from flylead.clock import Clock
 log = logging.getLogger("flylead.agent")
 
 _DECISION_WORDS = {"suppress": "suppressed", "downgrade": "downgraded"}
+#: Commands that arrive before the agent's loop runs are kept (at most this many) and
+#: handled when it starts; more are dropped with a warning (the desk sends again).
+MAX_EARLY_COMMANDS = 64
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """What became of one command: ``t`` (agent clock, UTC epoch s), ``msg_id`` (None when
+    unreadable), ``status`` (``applied`` or ``refused``), ``detail`` (the events or why)."""
+
+    t: float
+    msg_id: str | None
+    status: str
+    detail: str
 
 
 @dataclass
@@ -87,10 +108,17 @@ class Agent:
         #: Alerts handed to the outbox, newest last (bounded: the last 10,000).
         self.alerts: deque[AlertMsg] = deque(maxlen=10_000)
         self.watch = HazardWatch(config, self._emit_alert)
+        self.inbox = CommandInbox(config.gateway)
+        #: What became of the commands received, newest last (the last 1,000).
+        self.commands: deque[CommandOutcome] = deque(maxlen=1000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._early: deque[tuple[str, bytes]] = deque()
+        publisher.subscribe(self.inbox.topic, self._on_command)
 
     # ---------------------------------------------------------------- polling
     async def run(self, until: float | None = None) -> None:
         """Poll until the clock reads ``until`` (UTC epoch s), or forever if None."""
+        self.listen_commands()
         now = self.clock.now()
         self._started = now
         for state in self.devices.values():
@@ -110,6 +138,58 @@ class Agent:
                 await b.close()
             if until is not None:
                 self._flush_detectors()
+            self._loop = None
+
+    # -------------------------------------------------------------- commands
+    def listen_commands(self) -> None:
+        """Handle commands in the running event loop from now on (``run`` calls it), and
+        those that arrived before.  Must be called from within the loop."""
+        self._loop = asyncio.get_running_loop()
+        while self._early:
+            self.handle_command(*self._early.popleft())
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        """paho's network thread: hand the message to the agent's loop."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.handle_command, topic, payload)
+                return
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+        if len(self._early) < MAX_EARLY_COMMANDS:
+            self._early.append((topic, payload))
+        else:
+            log.warning("command on %s dropped: the agent is not running and %d wait already",
+                        topic, len(self._early))
+
+    def handle_command(self, topic: str, payload: bytes) -> CommandOutcome:
+        """Validate and apply one command (an acknowledgement) at the clock's now.
+
+        Never raises: a refused command is logged (warning, with the reason) and recorded
+        in :attr:`commands`, like an applied one.
+        """
+        t = self.clock.now()
+        msg_id = None
+        try:
+            cmd = self.inbox.parse(topic, payload)
+            msg_id = cmd.msg_id
+            self.inbox.remember(cmd.msg_id)
+            events = self.watch.acknowledge(cmd, t)
+            outcome = CommandOutcome(t, msg_id, "applied", ", ".join(
+                f"{e.action} {self.watch.alert_id(e.alert_id)}" for e in events) or "no change")
+            log.info("ack %s by %s: %s", cmd.msg_id, cmd.by, outcome.detail)
+        except DuplicateCommand as exc:  # expected: QoS 1 redelivery, the desk's resend
+            outcome = CommandOutcome(t, msg_id, "refused", str(exc))
+            log.info("command refused: %s", exc)
+        except CommandError as exc:
+            outcome = CommandOutcome(t, msg_id, "refused", str(exc))
+            log.warning("command refused: %s", exc)
+        except Exception as exc:  # a bug must not stop the agent
+            outcome = CommandOutcome(t, msg_id, "refused", f"internal error: {exc!r}")
+            log.exception("command on %s: unexpected error", topic)
+        self.commands.append(outcome)
+        return outcome
 
     async def _poll_bus(self, bus_name: str, members: list[DeviceState], until: float | None) -> None:
         bus = self._buses[bus_name]

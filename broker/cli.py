@@ -135,9 +135,16 @@ def desk_serve(
     notify: Annotated[Path | None, typer.Option("--notify", help="Notification channels (TOML: wecom, dingtalk, email).")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="Public URL of the desk, for links in notifications.")] = None,
     notify_max_age: NotifyAgeOpt = 24.0,
+    mqtt: Annotated[str | None, typer.Option("--mqtt", help="MQTT broker HOST:PORT to send acknowledgements of latched hazard alerts to the gateways (without it they stay queued).")] = None,
+    mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="Broker user with role desk (writes flylead/v1/+/cmd/#).")] = None,
+    mqtt_password_env: Annotated[str, typer.Option("--mqtt-password-env", help="Environment variable holding that user's password.")] = "FLYLEAD_DESK_MQTT_PASSWORD",
+    mqtt_ca: Annotated[Path | None, typer.Option("--mqtt-ca", help="CA certificate (PEM): connect with TLS trusting it.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the alert desk web app, taking new alerts from the store every --sync-every s."""
+    """Run the alert desk web app, taking new alerts from the store every --sync-every s
+    and, with --mqtt, sending acknowledgements of rectified latched alerts to the gateways."""
+    import os
+
     from broker.desk.app import create_app
     from broker.desk.service import SyncLoop, make_server
 
@@ -145,20 +152,37 @@ def desk_serve(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     reg, desk, store_path = _registry(registry), _desk(db), _store_path(store)
     notifier = _notifier(notify, base_url, notify_max_age)
-    app = create_app(desk, reg, store_path=store_path)
+    sender = None
+    if mqtt is not None:
+        from broker.desk.acks import AckSender
+
+        mhost, _, mport = mqtt.rpartition(":")
+        if not mhost or not mport.isdigit() or not 0 < int(mport) < 65536:
+            raise _fail(f"--mqtt must be HOST:PORT, got {mqtt!r}")
+        password = os.environ.get(mqtt_password_env) if mqtt_user else None
+        if mqtt_user and not password:
+            raise _fail(f"--mqtt-user {mqtt_user}: set its password in the environment variable {mqtt_password_env}")
+        sender = AckSender(desk, mhost.strip("[]"), int(mport), username=mqtt_user, password=password,
+                           tls=mqtt_ca is not None, ca_file=str(mqtt_ca) if mqtt_ca else None)
+    app = create_app(desk, reg, store_path=store_path, ack_sender=sender)
     try:
         server = make_server(app, host, port)
     except OSError as exc:
         raise _fail(str(exc), 1) from None
     sync = SyncLoop(desk, store_path, reg, notifier, sync_every)
     sync.start()
-    typer.echo(f"alert desk on http://{host}:{server.server_port}/ (desk {db}, store {store_path})")
+    if sender is not None:
+        sender.start()
+    typer.echo(f"alert desk on http://{host}:{server.server_port}/ (desk {db}, store {store_path}"
+               + (f", acknowledgements to {mqtt})" if sender else ", acknowledgements queued: no --mqtt)"))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         sync.stop()
+        if sender is not None:
+            sender.stop()
         server.server_close()
 
 
@@ -230,7 +254,8 @@ def broker_add_gateway(
     rotate: Annotated[bool, typer.Option("--rotate", help="Give an existing gateway a new password.")] = False,
 ) -> None:
     """Add a gateway: a random password (printed once, on the last line) and an ACL that
-    lets it publish under flylead/v1/NAME/# only.  Reload mosquitto afterwards (SIGHUP)."""
+    lets it publish its own status, telemetry, alert and health topics and read only its
+    own commands (flylead/v1/NAME/cmd/#).  Reload mosquitto afterwards (SIGHUP)."""
     from broker.credentials import CredentialsError, add_gateway
 
     try:
@@ -245,12 +270,13 @@ def broker_add_gateway(
 @broker_app.command("add-user")
 def broker_add_user(
     name: Annotated[str, typer.Argument(help="User name.")],
-    role: Annotated[str, typer.Option(help="ingest (reads telemetry, alerts, status) or monitor (reads everything).")],
+    role: Annotated[str, typer.Option(help="ingest (reads telemetry, alerts, status), monitor (reads everything) or desk (writes flylead/v1/+/cmd/#: acknowledgements).")],
     passwd_file: PasswdOpt,
     acl_file: AclOpt,
     rotate: Annotated[bool, typer.Option("--rotate", help="Give an existing user a new password.")] = False,
 ) -> None:
-    """Add a server-side, read-only broker user; the password is printed on the last line."""
+    """Add a server-side broker user (ingest and monitor read only; desk writes commands
+    only); the password is printed on the last line."""
     from broker.credentials import ROLES, CredentialsError, add_user
 
     if role not in ROLES:
@@ -293,7 +319,10 @@ def broker_render_config(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``report`` and the ``desk`` and ``broker`` groups to the ``flylead`` app."""
+    """Add ``report`` and the ``desk``, ``broker`` and ``piles`` groups to the ``flylead`` app."""
+    from broker.piles_cli import piles_app
+
     app.command("report")(report)
     app.add_typer(desk_app, name="desk")
     app.add_typer(broker_app, name="broker")
+    app.add_typer(piles_app, name="piles")

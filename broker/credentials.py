@@ -1,11 +1,15 @@
 """Mosquitto credentials and ACLs for flylead: one user per gateway, confined to its topics.
 
-A gateway's MQTT user name is its gateway id.  Its ACL lets it **write** under its own
-prefix ``flylead/v1/{gateway}/#`` and nothing else: it cannot publish as another gateway
-and cannot read anything (not even alerts).  Server-side users get read-only roles:
+A gateway's MQTT user name is its gateway id.  Its ACL lets it **write** its own status,
+telemetry, alert and health topics (``flylead/v1/{gateway}/status``, ``.../telemetry/+``,
+``.../alert/+``, ``.../health/+``) and **read** only its own commands
+(``flylead/v1/{gateway}/cmd/#``): it cannot publish as another gateway, cannot publish
+commands (not even to itself) and cannot read anything else (not even alerts).
+Server-side users get roles:
 
     ingest   read flylead/v1/+/telemetry/+, flylead/v1/+/alert/+, flylead/v1/+/status
     monitor  read flylead/v1/# and $SYS/#  (operators, dashboards)
+    desk     write flylead/v1/+/cmd/#      (the alert desk's acknowledgements; reads nothing)
 
 Files written (both created if missing, rewritten atomically, mode 0600):
 
@@ -31,7 +35,7 @@ import string
 import tempfile
 from pathlib import Path
 
-from agent.schema import NAME_PATTERN, TOPIC_ROOT
+from agent.schema import CMD_WRITE_FILTER, NAME_PATTERN, TOPIC_ROOT
 
 __all__ = [
     "CONFIG_TEMPLATE",
@@ -62,6 +66,7 @@ ROLES: dict[str, tuple[str, ...]] = {
                f"topic read {TOPIC_ROOT}/+/alert/+",
                f"topic read {TOPIC_ROOT}/+/status"),
     "monitor": (f"topic read {TOPIC_ROOT}/#", "topic read $SYS/#"),
+    "desk": (f"topic write {CMD_WRITE_FILTER}",),
 }
 
 _NAME = re.compile(NAME_PATTERN)
@@ -124,7 +129,10 @@ def _check_name(name: str, what: str) -> None:
 def acl_lines(user: str, role: str) -> tuple[str, ...]:
     """The ACL lines (after ``user``) of a ``gateway`` or one of :data:`ROLES`."""
     if role == "gateway":
-        return (f"topic write {TOPIC_ROOT}/{user}/#",)
+        own = f"{TOPIC_ROOT}/{user}"
+        return (f"topic write {own}/status", f"topic write {own}/telemetry/+",
+                f"topic write {own}/alert/+", f"topic write {own}/health/+",
+                f"topic read {own}/cmd/#")
     if role not in ROLES:
         raise CredentialsError(f"unknown role {role!r}: 'gateway' or one of {sorted(ROLES)}")
     return ROLES[role]
@@ -206,7 +214,8 @@ def add_user(name: str, role: str, passwd_file: str | Path, acl_file: str | Path
 
 def add_gateway(name: str, passwd_file: str | Path, acl_file: str | Path, *,
                 password: str | None = None, replace: bool = False) -> str:
-    """Add a gateway: user ``name`` that may only publish under ``flylead/v1/{name}/#``.
+    """Add a gateway: user ``name`` that may only publish its own status, telemetry, alert
+    and health topics and read its own commands (``flylead/v1/{name}/cmd/#``).
 
     Returns the password (generated unless given).  Errors as :func:`add_user`.
     """

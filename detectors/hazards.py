@@ -743,6 +743,7 @@ class OpenAlert:
     clear_value: float | None = None
     acknowledged_by: str | None = None
     acknowledged_at: float | None = None
+    ack_note: str = ""
     recurrences: int = 0
 
 
@@ -826,8 +827,13 @@ class AlarmBook:
         return self._event(a, "latched", t, value=value, reason=f"condition cleared ({reason}); "
                                                                 "latched until acknowledged")
 
-    def acknowledge(self, t: float, *, device: str, hazard: str, by: str) -> HazardEvent | None:
+    def acknowledge(self, t: float, *, device: str, hazard: str, by: str,
+                    note: str = "") -> HazardEvent | None:
         """Someone acknowledged the alert of (device, hazard) at ``t``.
+
+        Args:
+            note: free text kept with the acknowledgement and repeated in the reasons
+                (e.g. where it came from: "desk case 12, rectified ...").
 
         Returns:
             ``resolved`` when its condition has cleared already, else ``acknowledged``;
@@ -841,11 +847,12 @@ class AlarmBook:
         a = self._open.get((device, hazard))
         if a is None or a.acknowledged_at is not None:
             return None
-        a.acknowledged_by, a.acknowledged_at = by, t
+        a.acknowledged_by, a.acknowledged_at, a.ack_note = by, t, note
         if not a.condition:
             return self._resolve(a, t)
+        extra = f" ({note})" if note else ""
         return self._event(a, "acknowledged", t, rule="acknowledge",
-                           reason=f"acknowledged by {by} at {_iso(t)}; condition still present, "
+                           reason=f"acknowledged by {by} at {_iso(t)}{extra}; condition still present, "
                                   "resolves once it clears")
 
     def _resolve(self, a: OpenAlert, t: float) -> HazardEvent:
@@ -853,6 +860,8 @@ class AlarmBook:
         why = f"cleared at {_iso(a.cleared_at)}: {a.clear_reason}"
         if a.latched:
             why += f"; acknowledged by {a.acknowledged_by} at {_iso(a.acknowledged_at)}"
+            if a.ack_note:
+                why += f" ({a.ack_note})"
         return self._event(a, "resolved", t, value=a.clear_value, reason=f"resolved at {_iso(t)}; {why}", end=t)
 
 
@@ -1142,14 +1151,17 @@ class HazardMonitor:
         transition = dev.offline.poll(t, False)
         return [] if transition is None else self._apply(dev, "device_offline", None, transition)
 
-    def acknowledge(self, t: float, by: str, *, device: str, hazard: str) -> list[HazardEvent]:
+    def acknowledge(self, t: float, by: str, *, device: str, hazard: str,
+                    note: str = "") -> list[HazardEvent]:
         """Someone (``by``) acknowledged the alert of (device, hazard) at ``t``.
+
+        ``note`` (free text) is kept with the acknowledgement and shown in the reasons.
 
         Returns:
             ``[resolved]`` when the condition has cleared already, ``[acknowledged]`` when
             it still holds, ``[]`` when no such alert is open or it was acknowledged.
         """
-        event = self.book.acknowledge(t, device=device, hazard=hazard, by=by)
+        event = self.book.acknowledge(t, device=device, hazard=hazard, by=by, note=note)
         return [] if event is None else [event]
 
     def open_alerts(self) -> list[OpenAlert]:

@@ -9,6 +9,14 @@ Pages (all but the login page need a logged-in user):
     GET  /case/<id>                  one case: alert, load plot, history, the next action
     GET  /case/<id>/plot.png         the household's active power around the alert
     POST /case/<id>/action           apply the next lifecycle action (CSRF token)
+    GET  /piles                      pile utilisation per compound, pile and port
+                                     (?from=YYYY-MM-DD&to=YYYY-MM-DD, local days, both
+                                     included; default the last 7 days); a village user
+                                     sees its own village's compounds only
+
+``rectify`` of a case whose latched hazard alert is still open queues an acknowledgement
+for its gateway (broker/desk/db.py); the :class:`~broker.desk.acks.AckSender` given to
+:func:`create_app` is woken to publish it at once, and the case page shows its state.
 
 Roles: ``office`` sees and works every case; ``village`` only its village's cases: any
 other case answers 404, so a village user cannot even learn which case ids exist.
@@ -34,7 +42,7 @@ from flask_wtf.csrf import CSRFProtect
 from wtforms import HiddenField, PasswordField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
 
-from broker.desk.db import ACTIONS, KIND_LABELS, MAX_NOTE, MAX_WORKER, STATES, Case, DeskDB, DeskError, User
+from broker.desk.db import ACK_ACTIONS, ACTIONS, KIND_LABELS, MAX_NOTE, MAX_WORKER, STATES, Case, DeskDB, DeskError, User
 from broker.desk.plot import active_power, plot_window, render_plot
 from broker.desk.registry import UNASSIGNED, Registry
 
@@ -72,13 +80,17 @@ class LogoutForm(FlaskForm):
 
 
 def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str | Path | None = None,
-               secret_key: str | None = None, config: dict[str, Any] | None = None) -> Flask:
+               secret_key: str | None = None, config: dict[str, Any] | None = None,
+               ack_sender: Any | None = None) -> Flask:
     """The desk's Flask app.
 
     Args:
         db: the desk database (or its file path).
         registry: villages, compounds, households (:func:`broker.desk.registry.load_registry`).
-        store_path: the ingest's SQLite store file, read for load plots (None: no plots).
+        store_path: the ingest's SQLite store file, read for load plots and pile
+            utilisation (None: neither).
+        ack_sender: a started :class:`broker.desk.acks.AckSender` (None: acknowledgements
+            stay queued in the desk database).
         secret_key: session signing key (default: kept in the desk database).
         config: extra Flask config (tests set e.g. ``WTF_CSRF_ENABLED``).
     """
@@ -95,6 +107,7 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
         DESK=desk,
         REGISTRY=registry,
         STORE_PATH=str(store_path) if store_path else None,
+        ACK_SENDER=ack_sender,
     )
     if config:
         app.config.update(config)
@@ -184,6 +197,7 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
         form = ActionForm(action=case.next_action)
         return render_template("case.html", case=case, events=desk.events(case_id), form=form,
                                has_plot=app.config["STORE_PATH"] is not None,
+                               acks=desk.acks(case_id),
                                rebound=desk.case(case.rebound_of) if case.rebound_of else None)
 
     @app.get("/case/<int:case_id>/plot.png")
@@ -205,6 +219,39 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
         resp.headers["Cache-Control"] = "private, max-age=60"
         return resp
 
+    @app.get("/piles")
+    @login_required
+    def piles() -> Any:
+        from datetime import date, timedelta
+
+        from broker.piles import LOOKBACK_S, pile_polls_sqlite, pile_utilisation
+        from broker.store import StoreError
+
+        store_path = app.config["STORE_PATH"]
+        if store_path is None:
+            abort(404)
+        today = datetime.now(tz).date()
+        try:
+            last = date.fromisoformat(request.args.get("to") or today.isoformat())
+            first = date.fromisoformat(request.args.get("from") or (last - timedelta(days=6)).isoformat())
+        except ValueError:
+            abort(400)
+        if first > last or (last - first).days > 366:
+            abort(400)
+        start = datetime(first.year, first.month, first.day, tzinfo=tz).timestamp()
+        stop = last + timedelta(days=1)
+        end = datetime(stop.year, stop.month, stop.day, tzinfo=tz).timestamp()
+        try:
+            polls = pile_polls_sqlite(store_path, start - LOOKBACK_S, end)
+        except StoreError as exc:
+            app.logger.error("pile utilisation: %s", exc)
+            abort(503)
+        user = me()
+        compounds = [c for c in pile_utilisation(polls, start, end, registry)
+                     if (c.village is None and user.role == "office")
+                     or (c.village is not None and user.can_see(c.village))]
+        return render_template("piles.html", compounds=compounds, first=first, last=last, user=user)
+
     @app.post("/case/<int:case_id>/action")
     @login_required
     def case_action(case_id: int) -> Any:
@@ -222,6 +269,9 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
             flash(str(exc), "error")
             return redirect(url_for("case_page", case_id=case_id), code=303)
         flash(f"Case {case_id}: {ACTION_LABELS[action].lower()}.", "ok")
+        sender = app.config["ACK_SENDER"]
+        if sender is not None and action in ACK_ACTIONS:
+            sender.wake()
         return redirect(url_for("case_page", case_id=case_id), code=303)
 
     return app

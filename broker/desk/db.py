@@ -12,6 +12,17 @@ campaign's "look back" visit some days later; ``close`` ends the case.  A new al
 household whose last case is closed (closed before the new alert started) and which has
 no case still in progress opens a new case marked as a **rebound** of the closed one.
 
+**Acknowledgements to the gateway.**  The alarms of an electrical-fire detector latch on
+the gateway until a person acknowledges them (detectors/hazards.py).  The step that does it
+is ``rectify`` (:data:`ACK_ACTIONS`): someone has been on site, found the hazard and made it
+safe, which is what resetting a latched GB 14287 detector alarm stands for.  ``rectify`` of a
+case whose alert is of a latching kind (:data:`agent.schema.LATCHING_KINDS`) and still open
+queues, in the same transaction, an acknowledgement in table ``acks``; the desk's
+:class:`broker.desk.acks.AckSender` publishes it to the gateway
+(``flylead/v1/{gw}/cmd/ack``) and sends it again, with the same ``msg_id``, every
+``retry_s`` until a synced alert message shows the gateway took it (``ack=`` in its
+detail, or the alert closed): ``pending`` → ``sent`` → ``done`` (or ``expired``).
+
 All times are UTC epoch seconds.  Thread-safe: each call opens its own connection (WAL
 mode), so the web server's threads, a sync thread and the CLI may share the file.
 """
@@ -19,6 +30,7 @@ mode), so the web server's threads, a sync thread and the CLI may share the file
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import secrets
 import sqlite3
@@ -32,11 +44,14 @@ from typing import Any, Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from agent.schema import NAME_PATTERN, AlertMsg
+from agent.schema import HAZARD_PATTERN, LATCHING_KINDS, NAME_PATTERN, AlertMsg
 from broker.desk.registry import Registry
 
 __all__ = [
+    "ACK_ACTIONS",
+    "ACK_STATES",
     "ACTIONS",
+    "Ack",
     "KIND_LABELS",
     "STATES",
     "Case",
@@ -58,6 +73,19 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "close": ("rechecked", "closed"),
 }
 ROLES = ("office", "village")
+#: Lifecycle actions that acknowledge a latched hazard alert on its gateway: ``rectify``
+#: (the hazard was made safe on site; ``verify`` only finds it, and resetting an alarm
+#: whose cause is still there would just let it latch again).
+ACK_ACTIONS = ("rectify",)
+#: Acknowledgement states: queued, published (PUBACK from the broker), taken by the
+#: gateway (or the alert closed meanwhile), given up after ``max_age_s``.
+ACK_STATES = ("pending", "sent", "done", "expired")
+#: Longest note sent with an acknowledgement (agent.schema.AckCmd).
+MAX_ACK_NOTE = 200
+#: How an acknowledging action reads in the note sent to the gateway.
+ACK_VERBS = {"rectify": "rectified"}
+
+log = logging.getLogger("flylead.desk")
 #: How alert kinds (agent.schema.ALERT_KINDS) are shown to people.
 KIND_LABELS = {
     "ebike_charging": "e-bike charging (flying lead)",
@@ -118,6 +146,23 @@ CREATE TABLE IF NOT EXISTS events (
     note      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_case ON events (case_id, ts);
+CREATE TABLE IF NOT EXISTS acks (
+    id        INTEGER PRIMARY KEY,
+    case_id   INTEGER NOT NULL REFERENCES cases(id),
+    gateway   TEXT NOT NULL,
+    alert_id  TEXT NOT NULL,
+    device    TEXT NOT NULL,
+    hazard    TEXT NOT NULL,
+    username  TEXT NOT NULL,         -- who acknowledged
+    at        REAL NOT NULL,         -- when, UTC epoch s
+    note      TEXT NOT NULL DEFAULT '',
+    msg_id    TEXT NOT NULL UNIQUE,  -- the same on every resend
+    state     TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'done', 'expired')),
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    last_sent REAL,                  -- UTC epoch s of the last PUBACK
+    settled   REAL                   -- UTC epoch s it became done or expired
+);
+CREATE INDEX IF NOT EXISTS acks_state ON acks (state);
 """
 
 
@@ -187,6 +232,38 @@ class Event:
     from_state: str | None
     to_state: str
     note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An acknowledgement queued for a gateway (table ``acks``); times UTC epoch s."""
+
+    id: int
+    case_id: int
+    gateway: str
+    alert_id: str
+    device: str
+    hazard: str
+    username: str
+    at: float
+    note: str
+    msg_id: str
+    state: str
+    attempts: int
+    last_sent: float | None
+    settled: float | None
+
+
+def hazard_of(alert_id: str, gateway: str, device: str) -> str | None:
+    """The hazard in a hazard alert's id ``{gateway}:{device}:{hazard}:{start}``
+    (agent/hazards.py), or None when the id is not of that form (e.g. truncated)."""
+    prefix = f"{gateway}:{device}:"
+    if not alert_id.startswith(prefix):
+        return None
+    hazard, sep, start = alert_id[len(prefix):].rpartition(":")
+    if not sep or not start.isdigit() or not re.match(HAZARD_PATTERN, hazard):
+        return None
+    return hazard
 
 
 _hasher = PasswordHasher()
@@ -363,7 +440,7 @@ class DeskDB:
         src, dst = ACTIONS[action]
         now = time.time() if at is None else at
         with self._tx() as db:
-            row = db.execute("SELECT state FROM cases WHERE id = ?", (case_id,)).fetchone()
+            row = db.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()
             if row is None:
                 raise DeskError(f"no case {case_id} in {self.path}")
             if row["state"] != src:
@@ -375,9 +452,63 @@ class DeskDB:
                 (dst, now, worker if action == "dispatch" else None, dst, now, case_id))
             db.execute("INSERT INTO events (case_id, ts, username, action, from_state, to_state, note)"
                        " VALUES (?,?,?,?,?,?,?)", (case_id, now, username, action, src, dst, note))
+            if action in ACK_ACTIONS:
+                self._queue_ack(db, row, action, username, now, note)
         case = self.case(case_id)
         assert case is not None
         return case
+
+    # -- acknowledgements to the gateways ----------------------------------------------------
+
+    @staticmethod
+    def _queue_ack(db: sqlite3.Connection, case: sqlite3.Row, action: str, username: str,
+                   at: float, note: str) -> None:
+        """Queue the acknowledgement of a case's latched alert (see the module docstring)."""
+        if case["kind"] not in LATCHING_KINDS or case["alert_state"] != "open":
+            return  # nothing latched on the gateway (not a latching kind, or closed already)
+        hazard = hazard_of(case["alert_id"], case["gateway"], case["device"])
+        if hazard is None:
+            log.warning("case %s: alert id %r does not name a hazard; no acknowledgement sent to %s",
+                        case["id"], case["alert_id"], case["gateway"])
+            return
+        verb = ACK_VERBS.get(action, action)
+        text = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", f"{verb}: {note}" if note else verb).split())
+        if len(text) > MAX_ACK_NOTE:
+            text = text[:MAX_ACK_NOTE - 1] + "…"
+        db.execute(
+            "INSERT INTO acks (case_id, gateway, alert_id, device, hazard, username, at, note, msg_id)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (case["id"], case["gateway"], case["alert_id"], case["device"], hazard, username, at, text,
+             f"desk:{case['id']}:{secrets.token_hex(6)}"))
+
+    def acks(self, case_id: int | None = None, states: Iterable[str] | None = None) -> list[Ack]:
+        """Queued acknowledgements (of one case, in some states), oldest first."""
+        query, args = "SELECT * FROM acks WHERE (?1 IS NULL OR case_id = ?1)", [case_id]
+        if states is not None:
+            states = list(states)
+            query += f" AND state IN ({','.join('?' * len(states))})"
+            args += states
+        with self._db() as db:
+            rows = db.execute(query + " ORDER BY id", args).fetchall()
+        return [Ack(**dict(r)) for r in rows]
+
+    def due_acks(self, now: float, retry_s: float, max_age_s: float) -> list[Ack]:
+        """Acknowledgements to publish now: ``pending`` ones, and ``sent`` ones whose last
+        publish is ``retry_s`` or more ago (the gateway has not shown it took them yet).
+        Those given more than ``max_age_s`` ago become ``expired`` instead."""
+        with self._tx() as db:
+            db.execute("UPDATE acks SET state = 'expired', settled = ? WHERE state IN ('pending', 'sent')"
+                       " AND at < ?", (now, now - max_age_s))
+            rows = db.execute("SELECT * FROM acks WHERE state = 'pending' OR (state = 'sent' AND"
+                              " last_sent <= ?) ORDER BY id", (now - retry_s,)).fetchall()
+        return [Ack(**dict(r)) for r in rows]
+
+    def ack_sent(self, ack_id: int, now: float) -> None:
+        """The broker acknowledged (PUBACK) a publish of ack ``ack_id`` at ``now``."""
+        with self._tx() as db:
+            db.execute("UPDATE acks SET attempts = attempts + 1, last_sent = ?,"
+                       " state = CASE WHEN state = 'pending' THEN 'sent' ELSE state END WHERE id = ?",
+                       (now, ack_id))
 
     # -- sync from the store ---------------------------------------------------------------
 
@@ -414,6 +545,11 @@ class DeskDB:
                         " energy_kwh = ?, peak_w = ?, detail = ?, village = ?, compound = ? WHERE id = ?",
                         (a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail, village,
                          compound, row["id"]))
+                    if a.state == "closed" or "; ack=" in a.detail:
+                        # the gateway took the acknowledgement (its detail says ack=who@when),
+                        # or the alert is over: nothing more to send
+                        db.execute("UPDATE acks SET state = 'done', settled = ? WHERE case_id = ?"
+                                   " AND state IN ('pending', 'sent')", (now, row["id"]))
                     continue
                 rebound_of = self._rebound_of(db, a)
                 cur = db.execute(
