@@ -156,6 +156,10 @@ class AgentConfig(_Strict):
     max_backoff_s: Annotated[float, Field(gt=0)] = 900.0
     #: Publish telemetry every Nth successful poll of a device (the detector sees all).
     telemetry_every: Annotated[int, Field(ge=1, le=1000)] = 1
+    #: Spread the devices' first polls evenly over their poll interval (device k of n
+    #: starts k/n of an interval late) instead of polling every device at start: no burst
+    #: of requests at each interval boundary on a gateway with many buses.
+    spread_polls: bool = False
 
     @field_validator("tz")
     @classmethod

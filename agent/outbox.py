@@ -72,7 +72,10 @@ class Outbox:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
         self.max_messages = max_messages
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the database
+        # the buffer has its own lock: put() runs on the agent's event loop and must never
+        # wait for a commit's fsync (milliseconds on an SD card) in the publisher's thread
+        self._buf_lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -87,29 +90,39 @@ class Outbox:
         """Buffer one message; it is accepted at the next :meth:`commit`."""
         if isinstance(payload, str):
             payload = payload.encode()
-        with self._lock:
+        with self._buf_lock:
             self._buffer.append((kind, topic, payload))
 
     def commit(self) -> int:
         """Write buffered messages in one transaction, enforce the bound; count written."""
         with self._lock:
-            if not self._buffer:
-                return 0
-            rows, self._buffer = self._buffer, []
-            with self._transaction():
-                self._db.executemany("INSERT INTO outbox (kind, topic, payload) VALUES (?, ?, ?)", rows)
-                self._depth += len(rows)
-                excess = self._depth - self.max_messages
-                if excess > 0:
-                    dropped = self._db.execute(
-                        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
-                        "WHERE kind='telemetry' ORDER BY seq LIMIT ?)", (excess,)
-                    ).rowcount
-                    self._depth -= dropped
-                    self.dropped += dropped
-                    self._db.execute(
-                        "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
-                        "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (self.dropped,))
+            with self._buf_lock:
+                if not self._buffer:
+                    return 0
+                rows, self._buffer = self._buffer, []
+            depth, dropped_before = self._depth, self.dropped
+            try:
+                with self._transaction():
+                    self._db.executemany("INSERT INTO outbox (kind, topic, payload) VALUES (?, ?, ?)", rows)
+                    self._depth += len(rows)
+                    excess = self._depth - self.max_messages
+                    if excess > 0:
+                        dropped = self._db.execute(
+                            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
+                            "WHERE kind='telemetry' ORDER BY seq LIMIT ?)", (excess,)
+                        ).rowcount
+                        self._depth -= dropped
+                        self.dropped += dropped
+                        self._db.execute(
+                            "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+                            "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (self.dropped,))
+            except BaseException:
+                # rolled back (disk full, I/O error): nothing was accepted, keep the rows
+                # buffered ahead of newer ones for the next commit
+                self._depth, self.dropped = depth, dropped_before
+                with self._buf_lock:
+                    self._buffer[:0] = rows
+                raise
             return len(rows)
 
     def _transaction(self):
@@ -120,7 +133,10 @@ class Outbox:
                 db.execute("BEGIN IMMEDIATE")
 
             def __exit__(self, exc_type, exc, tb):
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is None:
+                    db.execute("COMMIT")
+                elif db.in_transaction:  # SQLite already rolled back after SQLITE_FULL, I/O errors
+                    db.execute("ROLLBACK")
                 return False
 
         return _Tx()
@@ -152,7 +168,7 @@ class Outbox:
     @property
     def buffered(self) -> int:
         """Messages put but not yet committed (not yet accepted)."""
-        with self._lock:
+        with self._buf_lock:
             return len(self._buffer)
 
     def count(self, kind: Kind) -> int:

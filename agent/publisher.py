@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -90,6 +91,7 @@ class Publisher:
         self.received = 0  # messages handed to a handler
         self.published = 0
         self.acked = 0
+        self.outbox_errors = 0  # failed outbox commits or acks (disk full, I/O error)
         self.connects = 0
         protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
         kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
@@ -203,11 +205,19 @@ class Publisher:
                 acked, self._acked = self._acked, []
                 room = WINDOW - len(self._mid_seq)
                 after = self._handed_seq
-            if acked:
-                self.outbox.ack(acked)
-            if commit_now or time.monotonic() - last_commit >= self.commit_interval_s:
-                self.outbox.commit()
-                last_commit = time.monotonic()
+            try:
+                if acked:
+                    self.outbox.ack(acked)
+                if commit_now or time.monotonic() - last_commit >= self.commit_interval_s:
+                    last_commit = time.monotonic()
+                    self.outbox.commit()
+            except sqlite3.Error as exc:
+                # disk full, I/O error: the outbox kept the messages buffered (and paho's
+                # acks are re-sent by the broker's redelivery); retry at the next interval
+                self.outbox_errors += 1
+                log.error("outbox %s: %s (retrying in %g s; %d messages buffered)",
+                          self.outbox.path, exc, self.commit_interval_s, self.outbox.buffered)
+                continue
             # nothing new is handed to paho while offline: the outbox (bounded, with its
             # drop policy) keeps it; paho resends its own in-flight window on reconnect
             if room > 0 and self._connected.is_set():

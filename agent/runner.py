@@ -121,8 +121,10 @@ class Agent:
         self.listen_commands()
         now = self.clock.now()
         self._started = now
-        for state in self.devices.values():
-            state.next_due = now
+        n = len(self.devices)
+        for k, state in enumerate(self.devices.values()):
+            spread = k / n * state.settings.interval_s if self.config.spread_polls else 0.0
+            state.next_due = now + spread
         tasks = [asyncio.create_task(self._health_loop(until))]
         for bus in self.config.buses:
             self._buses[bus.name] = open_reader(bus, self.clock)

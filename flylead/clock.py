@@ -74,9 +74,16 @@ class SimClock:
         self.start = float(start)
         self._t0 = time.monotonic()
 
-    def restart(self) -> None:
-        """Set simulated time back to ``start`` now (used once all components are up)."""
-        self._t0 = time.monotonic()
+    def restart(self, *, at: float | None = None) -> None:
+        """Set simulated time back to ``start`` now (used once all components are up), or
+        at ``time.monotonic()`` reading ``at`` (another process following this clock:
+        CLOCK_MONOTONIC is one clock for the whole machine)."""
+        self._t0 = time.monotonic() if at is None else float(at)
+
+    @property
+    def anchor(self) -> float:
+        """The ``time.monotonic()`` reading at which simulated time was ``start``."""
+        return self._t0
 
     def now(self) -> float:
         return self.start + (time.monotonic() - self._t0) * self.speed

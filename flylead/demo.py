@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 import tempfile
-import threading
+import multiprocessing
 import urllib.parse
 import uuid
 from collections.abc import Sequence
@@ -68,7 +68,7 @@ class DemoOptions:
     """Settings of one demo run.
 
     Attributes:
-        seed: scenario seed (default scenario: precision and recall 1.0).
+        seed: scenario seed.
         hours: simulated hours (s of clock = hours * 3600).
         speed: simulated seconds per real second (1440: a day per minute).
         broker: ``(host, port)`` of an external broker, or None for the embedded one.
@@ -123,22 +123,100 @@ class _TeeStore:
         self.local.close()
 
 
-class _DeviceThread:
-    """The simulated devices run on their own event loop in their own thread, as real
-    meters run on their own hardware: the agent's loop only polls."""
+class _DeviceProcess:
+    """The simulated devices run in their own process, as real meters run on their own
+    hardware: the agent's process only polls.  (In a thread they competed with the agent
+    for the interpreter lock: at 1440x a meter needing five requests a poll then missed
+    about one slot in eight.)
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="flylead-devices", daemon=True)
-        self.thread.start()
+    The child rebuilds the same compound from ``(seed, hours)``, serves every device on
+    127.0.0.1 and reports the ports; it follows the parent's clock (``SimClock`` anchored
+    at the same ``time.monotonic()``, one clock for the whole machine on Linux) and plays
+    the fire detector's scripted silences itself.
 
-    def run(self, coro, timeout_s: float = 30.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+    Raises:
+        DemoError: the devices did not start (the child's error is named).
+    """
+
+    def __init__(self, seed: int, hours: float, speed: float, start_timeout_s: float = 120.0) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_device_main, args=(child, seed, hours, speed),
+                                 name="flylead-devices", daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise DemoError(f"the simulated devices did not start within {start_timeout_s:.0f} s")
+        kind, value = self._conn.recv()
+        if kind != "ports":
+            self.close()
+            raise DemoError(f"the simulated devices did not start: {value}")
+        self.ports: dict[str, int] = value
+
+    def start_clock(self, t0_monotonic: float) -> None:
+        """Anchor the devices' clock where the agent's was restarted."""
+        self._conn.send(("start", t0_monotonic))
+
+    def silence(self, device: str) -> None:
+        """Make ``device`` stop answering (a meter that dies)."""
+        self._conn.send(("silent", device))
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        if self._proc.is_alive():
+            try:
+                self._conn.send(("stop", None))
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(15)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+        self._conn.close()
+
+
+def _device_main(conn, seed: int, hours: float, speed: float) -> None:  # the child process
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        compound = build_compound(seed, hours)
+        asyncio.run(_serve_devices(conn, compound, SimClock(compound.scenario.start, speed)))
+    except Exception as exc:  # the parent names it
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except (BrokenPipeError, OSError):
+            pass
+
+
+async def _serve_devices(conn, compound: Compound, clock: SimClock) -> None:
+    scenario = compound.scenario
+    servers: dict[str, MeterServer] = {}
+    for i, trace in enumerate(scenario.traces):
+        servers[trace.household] = MeterServer({1: trace}, profile=DEMO_PROFILES[i % len(DEMO_PROFILES)],
+                                               clock=clock)
+    servers[compound.fire.device] = MeterServer({1: compound.fire.values}, profile="fire_detector", clock=clock)
+    servers["pile-1"] = MeterServer({1: compound.pile.values}, profile="ebike_pile", clock=clock)
+    silences = None
+    try:
+        for server in servers.values():
+            await server.start()
+        conn.send(("ports", {name: server.port for name, server in servers.items()}))
+        while True:
+            kind, value = await asyncio.to_thread(conn.recv)
+            if kind == "start":
+                clock.restart(at=value)
+                silences = asyncio.create_task(
+                    _play_silences(compound.fire, servers[compound.fire.device], clock, scenario.end))
+            elif kind == "silent":
+                servers[value].set_fault(1, "silent")
+            else:
+                break
+    except EOFError:  # the parent went away
+        pass
+    finally:
+        if silences is not None:
+            silences.cancel()
+        for server in servers.values():
+            await server.stop()
 
 
 def _alert_row(a: AlertMsg) -> dict:
@@ -202,22 +280,22 @@ def build_compound(seed: int, hours: float) -> Compound:
     return Compound(scenario, fire, pile, over_hh, linked.household if linked else None)
 
 
-def agent_config_for(compound: Compound, servers: dict[str, MeterServer], gateway: str,
+def agent_config_for(compound: Compound, ports: dict[str, int], gateway: str,
                      mqtt: MqttSettings) -> AgentConfig:
     """Agent configuration for the simulated compound: one bus per device."""
     scenario = compound.scenario
     buses, devices = [], []
     for i, trace in enumerate(scenario.traces):
         hh = trace.household
-        buses.append({"name": f"bus-{hh}", "tcp": f"127.0.0.1:{servers[hh].port}"})
+        buses.append({"name": f"bus-{hh}", "tcp": f"127.0.0.1:{ports[hh]}"})
         devices.append({
             "name": f"meter-{hh}", "bus": f"bus-{hh}", "profile": DEMO_PROFILES[i % len(DEMO_PROFILES)],
             "device_id": 1, "household": hh, "interval_s": DEMO_POLL_INTERVAL_S, "timeout_s": 0.5,
             **({"breaker_rating_a": DEMO_BREAKER_A} if hh == compound.overload_household else {}),
         })
     fd = compound.fire.device
-    buses += [{"name": "bus-fd", "tcp": f"127.0.0.1:{servers[fd].port}"},
-              {"name": "bus-pile", "tcp": f"127.0.0.1:{servers['pile-1'].port}"}]
+    buses += [{"name": "bus-fd", "tcp": f"127.0.0.1:{ports[fd]}"},
+              {"name": "bus-pile", "tcp": f"127.0.0.1:{ports['pile-1']}"}]
     devices += [
         {"name": fd, "bus": "bus-fd", "profile": "fire_detector", "household": compound.fire.household,
          "interval_s": DEMO_FIRE_POLL_S, "timeout_s": 0.5},
@@ -228,6 +306,7 @@ def agent_config_for(compound: Compound, servers: dict[str, MeterServer], gatewa
              if compound.pile_user else [])
     return parse_config(
         {"gateway": gateway, "tz": scenario.tz, "mqtt": mqtt.model_dump(), "health_interval_s": 3600.0,
+         "spread_polls": True,
          "buses": buses, "devices": devices, "pile_links": links},
         "<demo>",
     )
@@ -262,41 +341,31 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
     local = SqliteStore(Path(tmpdir.name) / "demo.sqlite")
     store = _TeeStore(local, other_store)
     embedded = None
-    servers: dict[str, MeterServer] = {}
-    ingest = publisher = None
-    devices = _DeviceThread()
+    ingest = publisher = devices = None
     try:
+        devices = _DeviceProcess(opts.seed, opts.hours, opts.speed)
         if opts.broker is None:
             embedded = EmbeddedBroker()
             embedded.start()
             host, port = embedded.host, embedded.port
         else:
             host, port = opts.broker
-        for i, trace in enumerate(scenario.traces):
-            server = MeterServer({1: trace}, profile=DEMO_PROFILES[i % len(DEMO_PROFILES)], clock=clock)
-            devices.run(server.start())
-            servers[trace.household] = server
-        servers[compound.fire.device] = MeterServer({1: compound.fire.values}, profile="fire_detector", clock=clock)
-        servers["pile-1"] = MeterServer({1: compound.pile.values}, profile="ebike_pile", clock=clock)
-        for name in (compound.fire.device, "pile-1"):
-            devices.run(servers[name].start())
         ingest = Ingest(store, host, port, client_id=f"flylead-ingest-{uuid.uuid4().hex[:6]}",
                         protocol=opts.mqtt_protocol, gateway=opts.gateway)
         ingest.start()
         mqtt = MqttSettings(host=host, port=port, protocol=opts.mqtt_protocol)
-        config = agent_config_for(compound, servers, opts.gateway, mqtt)
+        config = agent_config_for(compound, devices.ports, opts.gateway, mqtt)
         publisher = Publisher(opts.gateway, mqtt)
         publisher.connect()
         agent = Agent(config, clock, publisher)
 
         clock.restart()
+        devices.start_clock(clock.anchor)
         run = asyncio.create_task(agent.run(until=scenario.end))
-        silences = asyncio.create_task(_play_silences(compound.fire, servers[compound.fire.device], clock, scenario.end))
         if opts.kill_meter:
             await clock.sleep((scenario.end - scenario.start) / 2)
-            servers[opts.kill_meter].set_fault(1, "silent")
+            devices.silence(opts.kill_meter)
         await run
-        silences.cancel()
         if not await asyncio.to_thread(publisher.drain, 30.0):
             log.warning("%d messages not acknowledged by the broker", publisher.unacked)
         # everything the broker acknowledged must have reached the ingest and the store
@@ -317,9 +386,8 @@ async def run_demo(opts: DemoOptions) -> DemoResult:
             publisher.close()
         if ingest is not None:
             ingest.stop()
-        for server in servers.values():
-            devices.run(server.stop())
-        devices.close()
+        if devices is not None:
+            devices.close()
         if embedded is not None:
             embedded.stop()
         store.close()

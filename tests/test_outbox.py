@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -252,3 +253,24 @@ def test_agent_killed_then_restarted_delivers_what_the_outbox_accepted(private_b
     rx2.close()
     values = [m["values"]["active_power"] for m in rx2.got if "values" in m]
     assert list(dict.fromkeys(values)) == [float(i) for i in range(300)]
+
+
+def test_failed_commit_keeps_the_messages_for_the_next(tmp_path):
+    """A commit that fails (SQLite full: max_page_count reached, as on a full SD card) rolls
+    back, keeps every buffered message ahead of newer ones and counts nothing; once there is
+    room, the next commit writes them all in order."""
+    box = Outbox(tmp_path / "o.db")
+    box.put("telemetry", "t/1", b"one")
+    assert box.commit() == 1
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")
+    box.put("telemetry", "t/2", b"x" * 20_000)  # needs new pages
+    box.put("alert", "a/1", b"alarm")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        box.commit()
+    assert (box.depth, box.buffered, box.dropped) == (1, 2, 0)
+    box.put("telemetry", "t/3", b"three")
+    box._db.execute("PRAGMA max_page_count = 1073741823")
+    assert box.commit() == 3
+    assert [(e.topic, len(e.payload)) for e in box.peek()] == [
+        ("t/1", 3), ("t/2", 20_000), ("a/1", 5), ("t/3", 5)]

@@ -92,3 +92,35 @@ def test_unreachable_broker_is_a_clear_error():
     pub = Publisher("gwx", MqttSettings(host="127.0.0.1", port=1))
     with pytest.raises(PublishError, match="127.0.0.1:1: not connected within 1"):
         pub.connect(timeout_s=1.0)
+
+
+def test_outbox_full_is_survived_and_nothing_is_lost(mosquitto, tmp_path, caplog):
+    """The outbox's disk fills up (SQLite max_page_count): commits fail and are logged with
+    the file named, the sender keeps running, and once there is room every message reaches
+    the real broker in order."""
+    from agent.outbox import Outbox
+
+    gw = f"t{uuid.uuid4().hex[:8]}"
+    sub = Collector(telemetry_topic(gw, "m1"))
+    box = Outbox(tmp_path / "outbox.sqlite")
+    pub = Publisher(gw, BROKER, box, commit_interval_s=0.05)
+    pub.connect()
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")
+    with caplog.at_level("ERROR", logger="flylead.agent.mqtt"):
+        for i in range(30):
+            pub.publish(telemetry_topic(gw, "m1"), TelemetryMsg(
+                msg_id=pub.next_msg_id(), gateway=gw, ts=1.8e9 + i, device="m1",
+                values={"active_power": 100.0 + i}))
+        deadline = time.monotonic() + 5
+        while pub.outbox_errors < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    time.sleep(0.2)
+    assert pub.outbox_errors >= 2 and sub.messages == []  # nothing accepted, nothing sent
+    assert any("outbox.sqlite" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
+    box._db.execute("PRAGMA max_page_count = 1073741823")
+    got = sub.wait_for(lambda m: m[1]["ts"] == 1.8e9 + 29, timeout=10)
+    assert got
+    assert [m[1]["values"]["active_power"] for m in sub.messages] == [100.0 + i for i in range(30)]
+    pub.close()
+    sub.close()
