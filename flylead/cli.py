@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,6 +22,58 @@ app = typer.Typer(
 )
 # wide enough for ISO 8601 timestamps even when piped (rich defaults to 80 columns)
 console = Console(width=max(Console().width, 120))
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    """``1 session``, ``2 sessions``."""
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr and exit ``code`` (2: bad input or options)."""
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
+    """Why ``path`` cannot be written (checked before any work), or None."""
+    if path.is_dir():
+        return "is a directory"
+    for src in inputs:
+        if _same_file(src, path):
+            return f"is the input file {src}; refusing to overwrite it"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "permission denied"
+    return _folder_problem(folder)
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why no file can be created in ``folder``, or None (tries one)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".flylead-probe-")
+    except OSError as exc:
+        return f"folder {folder} is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def _check_output(path: Path | None, option: str, prefix: str = "error: ", inputs: tuple[Path, ...] = ()) -> None:
+    problem = None if path is None else _output_problem(path, inputs)
+    if problem:
+        _fail(f"{prefix}{option} {path}: {problem}")
 
 
 def _check_protocol(protocol: str) -> None:
@@ -124,7 +177,8 @@ def check_config(path: Annotated[Path, typer.Argument(help="Agent configuration 
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"{path}: ok (gateway {cfg.gateway}, {len(cfg.buses)} buses, {len(cfg.devices)} devices)")
+    typer.echo(f"{path}: ok (gateway {cfg.gateway}, {_plural(len(cfg.buses), 'bus', 'buses')}, "
+               f"{_plural(len(cfg.devices), 'device')})")
 
 
 @app.command("agent")
@@ -455,8 +509,10 @@ def _seed_range(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+        if not lo.isdigit() or (sep and not hi.isdigit()):
             raise typer.BadParameter(f"--seeds must look like 1-20 or 1,3,5-7, got {text!r}")
+        if sep and int(hi) < int(lo):
+            raise typer.BadParameter(f"--seeds: the range {part.strip()} runs backwards (write {hi}-{lo})")
         seeds.extend(s for s in range(int(lo), int(hi if sep else lo) + 1) if s not in seeds)
     return seeds
 
@@ -477,16 +533,18 @@ def evaluate_cmd(
     100 household-weeks."""
     from flylead.evaluate import evaluate, results_table, write_json
 
-    if json_out is not None and not json_out.parent.is_dir():
-        raise typer.BadParameter(f"--json: folder {json_out.parent} does not exist")
+    _check_output(json_out, "--json")
     try:
         window = tuple(float(h) for h in uci_window.split("-"))
     except ValueError:
         window = ()
     if len(window) != 2 or not 0 <= window[0] < window[1] <= 36:
         raise typer.BadParameter(f"--uci-window must be FROM-TO hours, 0 <= FROM < TO <= 36, got {uci_window!r}")
-    names = [c.strip() for c in corpus.split(",") if c.strip()]
-    methods = [m.strip() for m in method.split(",") if m.strip()]
+    names = [c.strip() for c in corpus.split(",")]
+    methods = [m.strip() for m in method.split(",")]
+    for option, given, listed in (("--corpus", corpus, names), ("--method", method, methods)):
+        if "" in listed:
+            raise typer.BadParameter(f"{option}: empty name in {given!r} (comma-separated names, none empty)")
     try:
         result = evaluate(names, seeds=_seed_range(seeds), replicas=uci_replicas, uci_seed=uci_seed,
                           uci_window_h=window, methods=methods, workers=workers,
@@ -502,14 +560,17 @@ def evaluate_cmd(
                 console.print(f"  {m}: {r['status']} ({r['error']})")
     console.print(f"{result['seconds']:.0f} s")
     if json_out is not None:
-        write_json(result, json_out)
+        try:
+            write_json(result, json_out)
+        except OSError as exc:
+            _fail(f"error: --json {json_out}: {exc.strerror or exc}", 1)
         console.print(f"figures written to {json_out}")
 
 
 @app.command("explain")
 def explain_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
-    scenario_seed: Annotated[int | None, typer.Option("--scenario-seed", help="Draw a household of the demo scenario with this seed.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Picture to write: .png, .pdf or .svg.")],
+    scenario_seed: Annotated[int | None, typer.Option("--scenario-seed", min=0, help="Draw a household of the demo scenario with this seed.")] = None,
     household: Annotated[str | None, typer.Option("--household", help="Household of the demo scenario (h01-h08).")] = None,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Long-format CSV: meter_id,timestamp,power_w.")] = None,
     meter: Annotated[str | None, typer.Option("--meter", help="meter_id in the CSV.")] = None,
@@ -520,7 +581,7 @@ def explain_cmd(
 
     Exit 0 when written, 2 for an unknown household or meter or an unreadable input."""
     from detectors import detect_sessions
-    from flylead.explain import ExplainError, from_csv, from_scenario, render_png
+    from flylead.explain import FORMATS, ExplainError, _zone, from_csv, from_scenario, render_png
 
     if (scenario_seed is None) == (csv_file is None):
         raise typer.BadParameter("give either --scenario-seed N --household hNN or --csv FILE --meter ID")
@@ -528,8 +589,14 @@ def explain_cmd(
         raise typer.BadParameter("--scenario-seed needs --household (h01-h08)")
     if csv_file is not None and meter is None:
         raise typer.BadParameter("--csv needs --meter ID")
-    if not out.parent.is_dir():
-        raise typer.BadParameter(f"--out: folder {out.parent} does not exist")
+    if out.suffix.lower().lstrip(".") not in FORMATS:
+        _fail(f"flylead explain: --out {out}: give a file ending in {', '.join('.' + f for f in FORMATS)}")
+    _check_output(out, "--out", "flylead explain: ", (csv_file,) if csv_file is not None else ())
+    if tz is not None:
+        try:
+            _zone(tz)
+        except ExplainError as exc:
+            _fail(f"flylead explain: --tz: {exc}")
     try:
         if scenario_seed is not None:
             load = from_scenario(scenario_seed, household)
@@ -551,7 +618,9 @@ def explain_cmd(
     except ImportError as exc:
         typer.echo(f"flylead explain: {exc.name or exc} is missing: pip install 'flylead[eval]'", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{out}: {load.household}, {len(sessions)} session(s) detected")
+    unused = "".join(f", {reason}: {n}" for reason, n in sorted(load.unusable.items()) if n)
+    typer.echo(f"{out}: {load.household}, {len(sessions)} session(s) detected ({len(load.t)} readings used"
+               f"{unused})")
 
 
 @app.command("scan-file")
@@ -559,7 +628,7 @@ def scan_file_cmd(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Long-format CSV (or .csv.gz) or Parquet: meter_id, timestamp and one of power_w, energy_kwh, register_kwh.")],
     out: Annotated[Path, typer.Option("--out", help="Sessions: CSV, or JSON when it ends in .json.")],
     tz: Annotated[str | None, typer.Option(help="IANA zone of timestamps without an offset (default: UTC).")] = None,
-    household_tz: Annotated[str | None, typer.Option(help="IANA zone of the households, for the night-time feature (default: --tz, else Asia/Shanghai).")] = None,
+    household_tz: Annotated[str, typer.Option(help="IANA zone of the households' local time, for the night-time feature; independent of --tz, which only says how to read timestamps without an offset.")] = "Asia/Shanghai",
     report: Annotated[Path | None, typer.Option(help="Write the row accounting (rows read, used, unusable per reason) as JSON here.")] = None,
     skip_malformed: Annotated[bool, typer.Option("--skip-malformed", help="Count malformed rows instead of stopping at the first.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: when stderr is a terminal).")] = None,
@@ -569,30 +638,42 @@ def scan_file_cmd(
     """Find e-bike charging sessions in a utility export, one meter's rows anywhere in the
     file, in bounded memory (docs/scan-file.md).  Exit 0 when scanned (the row accounting
     is printed), 2 for malformed input, naming file, line and column."""
-    from flylead.scanfile import ScanError, scan_file
+    from flylead.scanfile import ScanError, ScanWriteError, scan_file
 
-    if not out.parent.is_dir():
-        raise typer.BadParameter(f"--out: folder {out.parent} does not exist")
+    _check_output(out, "--out", inputs=(input_path,))
+    _check_output(report, "--report", inputs=(input_path, out))
+    if tmp_dir is not None:
+        problem = ("does not exist" if not tmp_dir.exists() else "is not a directory" if not tmp_dir.is_dir()
+                   else _folder_problem(tmp_dir))
+        if problem:
+            _fail(f"error: --tmp-dir {tmp_dir}: {problem}")
     show = Console(stderr=True).is_terminal if progress is None else progress
     try:
-        result = scan_file(input_path, out, tz=tz, household_tz=household_tz or tz or "Asia/Shanghai",
+        result = scan_file(input_path, out, tz=tz, household_tz=household_tz,
                            skip_malformed=skip_malformed, bucket_rows=bucket_rows, tmp_dir=tmp_dir,
                            progress=show)
     except (ScanError, FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"error: {exc}")
+    except ScanWriteError as exc:
+        option = "--out" if exc.role == "out" else "--tmp-dir" if tmp_dir is not None else "temporary folder"
+        _fail(f"error: {option} {exc.path}: {exc.reason}", 1)
     summary = result.as_dict()
-    typer.echo(f"{result.sessions} sessions from {result.meters} meters ({result.rows_used} of "
+    typer.echo(f"{_plural(result.sessions, 'session')} from {_plural(result.meters, 'meter')} ({result.rows_used} of "
                f"{result.rows_read} rows used, {result.quantity}) -> {out}")
     for reason, n in summary["unusable"].items():
-        typer.echo(f"  not used: {reason}: {n}")
+        if n:
+            typer.echo(f"  not used: {reason}: {n}")
     for note, n in summary["notes"].items():
-        typer.echo(f"  note: {note}: {n}")
+        if n:
+            typer.echo(f"  note: {note}: {n}")
     if result.coarse_skipped:
-        typer.echo(f"  warning: {result.coarse_skipped} coarse meters (interval >= 5 min) not analysed: "
+        typer.echo(f"  warning: {_plural(result.coarse_skipped, 'coarse meter')} (interval >= 5 min) not analysed: "
                    "detectors.interval is not available", err=True)
     if report is not None:
-        report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        try:
+            report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            _fail(f"error: --report {report}: {exc.strerror or exc}", 1)
 
 
 def _register_server_commands() -> None:

@@ -115,7 +115,9 @@ def run_method(corpus: Corpus, method: str) -> MethodResult:
     try:
         detect = _detector(method, corpus)
     except ImportError as exc:
-        return MethodResult(method, "missing", error=f"{type(exc).__name__}: {exc}")
+        ours = (exc.name or "").split(".")[0] in ("detectors", "simulators", "flylead")
+        hint = "" if ours else "; pip install 'flylead[eval]'"
+        return MethodResult(method, "missing", error=f"{type(exc).__name__}: {exc}{hint}")
     t0 = time.perf_counter()
     found: list[Detection] = []
     try:

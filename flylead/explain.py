@@ -24,7 +24,13 @@ import numpy as np
 
 from detectors import ChargingSession
 
-__all__ = ["ExplainError", "HouseholdLoad", "from_csv", "from_scenario", "render_png"]
+__all__ = ["FORMATS", "ExplainError", "HouseholdLoad", "from_csv", "from_scenario", "render_png"]
+
+#: Picture formats written, by the output's extension.
+FORMATS = ("png", "pdf", "svg")
+#: Values read as a missing reading (pyarrow's null markers, as ``scan-file`` reads them).
+NULL_MARKERS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                          "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"})
 
 #: Close-ups drawn at most (the most confident sessions).
 MAX_CLOSEUPS = 4
@@ -50,6 +56,8 @@ class HouseholdLoad:
         tz: IANA zone of the compound (axis and night-time feature).
         source: one line naming the input.
         truth: (start, end) UTC epoch s of known sessions (simulated input only).
+        unusable: CSV rows of this meter not used as given, per reason (``duplicate row``,
+            ``conflicting duplicate (later row kept)``, ``missing power_w``: kept as NaN).
     """
 
     household: str
@@ -58,6 +66,7 @@ class HouseholdLoad:
     tz: str
     source: str
     truth: list[tuple[float, float]] = field(default_factory=list)
+    unusable: dict[str, int] = field(default_factory=dict)
 
 
 def _zone(tz: str) -> ZoneInfo:
@@ -101,9 +110,11 @@ def from_csv(path: Path, meter: str, *, tz: str | None = None) -> HouseholdLoad:
     """One meter's power from a long-format CSV (``meter_id,timestamp,power_w``, header first).
 
     Timestamps are ISO 8601; one without an offset is UTC, or local time in ``tz`` when
-    ``tz`` is given (as ``scan-file --tz``).  Rows of other meters are skipped; an empty
-    ``power_w`` is a missing reading; duplicated timestamps keep the last row; rows may come
-    in any order.
+    ``tz`` is given (as ``scan-file --tz``).  Rows of other meters are skipped; every row
+    must have the header's number of fields (as ``scan-file``); an empty ``power_w`` (or
+    ``NA``, ``NaN``, ``null`` ...) is a missing reading; duplicated timestamps keep the last
+    row; rows may come in any order.  Missing readings and duplicates are counted in
+    :attr:`HouseholdLoad.unusable`.
 
     Args:
         path: the CSV file (UTF-8).
@@ -112,26 +123,34 @@ def from_csv(path: Path, meter: str, *, tz: str | None = None) -> HouseholdLoad:
             picture, UTC for naive timestamps).
 
     Raises:
-        ExplainError: unreadable file, missing column, malformed row of this meter (file,
-            line and column named), or no row of this meter (the ids seen are named).
+        ExplainError: unreadable file, missing column, a row with the wrong number of
+            fields, malformed row of this meter (file, line and column named), or no row of
+            this meter (the ids seen are named).
     """
     naive = _zone(tz) if tz else None
     seen: dict[str, None] = {}
     readings: dict[float, float] = {}
+    unusable: dict[str, int] = {}
+    line = 1
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = csv.reader(fh)
             header = [h.strip() for h in next(rows, [])]
+            if not header:
+                raise ExplainError(f"{path}: file is empty (expected the header meter_id,timestamp,power_w)")
             missing = [c for c in ("meter_id", "timestamp", "power_w") if c not in header]
             if missing:
                 raise ExplainError(f"{path}: line 1: missing column(s) {', '.join(missing)} "
                                    f"(explain reads meter_id,timestamp,power_w; header is {','.join(header)})")
             i_m, i_t, i_p = (header.index(c) for c in ("meter_id", "timestamp", "power_w"))
-            for line, row in enumerate(rows, start=2):
-                if not row or len(row) <= max(i_m, i_t, i_p):
-                    if row:
-                        raise ExplainError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
+            end = rows.line_num
+            for row in rows:
+                line, end = end + 1, rows.line_num  # the record's first physical line
+                if not row:
                     continue
+                if len(row) != len(header):
+                    raise ExplainError(f"{path}: line {line}: {len(row)} fields, expected {len(header)} "
+                                       f"(the header's)")
                 mid = row[i_m].strip()
                 if len(seen) < 1000:
                     seen.setdefault(mid, None)
@@ -143,22 +162,42 @@ def from_csv(path: Path, meter: str, *, tz: str | None = None) -> HouseholdLoad:
                     raise ExplainError(f"{path}: line {line}, column timestamp: not ISO 8601: {row[i_t]!r}") from None
                 text = row[i_p].strip()
                 try:
-                    p = float(text) if text else math.nan
+                    p = math.nan if text in NULL_MARKERS else float(text)
                 except ValueError:
                     raise ExplainError(f"{path}: line {line}, column power_w: not a number: {text!r}") from None
                 if math.isinf(p):
                     raise ExplainError(f"{path}: line {line}, column power_w: not finite: {text!r}")
+                if math.isnan(p):
+                    unusable["missing power_w"] = unusable.get("missing power_w", 0) + 1
+                if ts in readings:
+                    old = readings[ts]
+                    same = old == p or (math.isnan(old) and math.isnan(p))
+                    reason = "duplicate row" if same else "conflicting duplicate (later row kept)"
+                    unusable[reason] = unusable.get(reason, 0) + 1
                 readings[ts] = p
     except OSError as exc:
         raise ExplainError(f"{path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ExplainError(f"{path}: not a UTF-8 CSV file: {exc}") from None
+    except UnicodeDecodeError:
+        raise ExplainError(f"{path}: {_bad_utf8(path)}") from None
+    except csv.Error as exc:
+        raise ExplainError(f"{path}: line {rows.line_num}: unreadable CSV: {exc}") from None
     if not readings:
         shown = ", ".join(list(seen)[:10]) + (" ..." if len(seen) > 10 else "")
         raise ExplainError(f"{path}: no row for meter {meter!r} (meters in the file: {shown or 'none'})")
     t = np.array(sorted(readings))
     p = np.array([readings[x] for x in t])
-    return HouseholdLoad(meter, t, p, tz or "Asia/Shanghai", f"{path.name}, meter {meter}")
+    return HouseholdLoad(meter, t, p, tz or "Asia/Shanghai", f"{path.name}, meter {meter}", unusable=unusable)
+
+
+def _bad_utf8(path: Path) -> str:
+    """Where ``path`` first stops being UTF-8 (re-reads it: only for the error)."""
+    with open(path, "rb") as fh:
+        for line, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} (byte {exc.start + 1} of the line)"
+    return "not UTF-8 text"
 
 
 def _label(s: ChargingSession, zone: ZoneInfo, k: int) -> str:
@@ -193,7 +232,8 @@ def _median(t: np.ndarray, p: np.ndarray, window_s: float = MEDIAN_S) -> np.ndar
 
 def render_png(load: HouseholdLoad, sessions: Sequence[ChargingSession], out: Path, *,
                dpi: int = 110) -> None:
-    """Draw ``load`` with ``sessions`` and write a PNG to ``out``.
+    """Draw ``load`` with ``sessions`` and write a picture to ``out``: PNG, or PDF or SVG
+    when ``out`` ends in ``.pdf`` or ``.svg``.
 
     Layout: the whole period on top (about 1540 x 500 px at the default dpi), then, when
     there are sessions, a row of close-ups (up to :data:`MAX_CLOSEUPS`, most confident
@@ -270,4 +310,5 @@ def render_png(load: HouseholdLoad, sessions: Sequence[ChargingSession], out: Pa
         if col == 0:
             z.set_ylabel("W")
             z.legend(loc="lower left", fontsize=7)
-    fig.savefig(out, format="png")
+    suffix = Path(out).suffix.lower().lstrip(".")
+    fig.savefig(out, format=suffix if suffix in FORMATS else "png")

@@ -60,7 +60,9 @@ interval's midpoint: ``energy_kwh`` over the meter's median interval (the export
 length), ``register_kwh`` as the register's rise over the time between readings.  Meters
 whose median interval is 5 min or more are coarse (e.g. 15-min utility interval energy) and
 go to :func:`detectors.interval.detect_interval_sessions` with the energy per interval;
-finer ones to :func:`detectors.detect_sessions` with the power.
+finer ones to :func:`detectors.detect_sessions` with the power.  A fine register whose
+resolution makes power steps over 10 W (0.001 kWh a minute: 60 W) is differenced over
+15-min (or longer) windows and goes to the interval detector (:func:`register_window`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ import os
 import re
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -89,9 +92,18 @@ COLUMNS = ("meter_id", "timestamp")
 COARSE_S = 300.0
 #: An interval longer than this many times the meter's median gives no power (a gap).
 GAP_FACTOR = 2.5
+#: Largest power step (W) a register's resolution may make between two readings before
+#: the register is differenced over longer windows (:func:`register_window`).
+REGISTER_STEP_W = 10.0
+#: Longest span (s) a coarse register is differenced over.
+REGISTER_WINDOW_S = 1800.0
 #: Record of the bucket files: meter code, UTC time (ns), value.
 RECORD = np.dtype([("code", "<u4"), ("t", "<i8"), ("v", "<f8")])
 OUTPUT_FIELDS = ("meter_id", "start", "end", "energy_kwh", "peak_w", "profile", "confidence")
+
+
+#: What a truncated or damaged gzip stream raises while being read.
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 class ScanError(Exception):
@@ -104,6 +116,16 @@ class ScanError(Exception):
         where = self.path if line is None else f"{self.path}:{line}"
         what = f"column {column!r}: " if column else ""
         super().__init__(f"{where}: {what}{problem}")
+
+
+class ScanWriteError(Exception):
+    """A file the scan writes could not be written: ``role`` is ``"out"`` (the sessions)
+    or ``"tmp"`` (the temporary bucket files), ``path`` the file or folder, ``reason`` the
+    system's message."""
+
+    def __init__(self, role: str, path: str | os.PathLike, reason: str) -> None:
+        self.role, self.path, self.reason = role, str(path), reason
+        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass
@@ -205,9 +227,18 @@ class _Reader:
             self.quantity = _pick_quantity(path, names, None)
             self.total_rows = self._pf.metadata.num_rows
         else:
-            with _open_text(path) as f:
-                header = f.readline()
+            with _open_binary(path) as f:
+                head = f.readline()
                 sample = f.read(1 << 16)
+            if not head:
+                raise ScanError(path, None, None, "file is empty (expected a header line: meter_id,timestamp,...)")
+            if head.startswith(b"PAR1"):
+                raise ScanError(path, None, None, "this is a Parquet file: name it .parquet or .pq")
+            try:
+                header = head.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise ScanError(path, 1, None, _utf8_problem(head, exc) + " (a binary file? "
+                                "the input must be UTF-8 CSV, gzip CSV, or Parquet named .parquet/.pq)") from None
             names = [n.strip() for n in next(csv.reader([header]), [])]
             self.quantity = _pick_quantity(path, names, 1)
             self._names = names
@@ -216,8 +247,8 @@ class _Reader:
             self._raw.seek(0)
             self._stream = gzip.GzipFile(fileobj=self._raw) if gz else self._raw
             self.total_bytes = os.fstat(self._raw.fileno()).st_size
-            lines = sample.count("\n")
-            per_row = len(sample.encode()) / lines if lines else max(len(header.encode()), 16)
+            lines = sample.count(b"\n")
+            per_row = len(sample) / lines if lines else max(len(head), 16)
             self._bytes_per_row = max(per_row, 8.0)
             self._ratio = 4.0 if gz else 1.0   # gzip: ~4x smaller
 
@@ -283,8 +314,17 @@ class _Reader:
         except pa.ArrowInvalid as exc:
             if self.bad_rows and not self.skip_malformed:
                 number, text = self.bad_rows[-1]
-                raise ScanError(self.path, self._line_of(number, text), None,
-                                f"{len(next(csv.reader([text]), []))} fields, expected {len(self._names)}: {text[:80]!r}") from None
+                fields = _fields(text)
+                line = self._line_of(number, fields)
+                problem = f"{len(fields)} fields, expected {len(self._names)}: {text[:80]!r}"
+                if text.count('"') % 2:
+                    problem = f"a quote opened on this line is never closed ({problem})"
+                elif "\n" in text:
+                    problem += f" (a quoted field runs over {text.count(chr(10)) + 1} lines: a stray quote?)"
+                raise ScanError(self.path, line, None, problem) from None
+            if "UTF8" in str(exc) or "UTF-8" in str(exc):
+                line, col, problem = self._bad_utf8()
+                raise ScanError(self.path, line, col, problem) from None
             raise ScanError(self.path, None, None, f"unreadable CSV ({exc})") from None
 
     # -- columns
@@ -295,20 +335,42 @@ class _Reader:
             return row
         return self._line_of(row + 1, None)
 
-    def _line_of(self, record: int | None, text: str | None) -> int | None:
-        """Physical line of CSV record ``record`` (1 = header; blank lines are not records),
-        or of the first line equal to ``text`` when the record number is unknown.  Re-reads
+    def _line_of(self, record: int | None, fields: list[str] | None) -> int | None:
+        """Physical line where CSV record ``record`` starts (1 = header; blank lines are not
+        records; a quoted field may span lines), or where the first record with ``fields``
+        and the wrong number of fields starts when the record number is unknown.  Re-reads
         the file: used only to report an error."""
+        want = None if fields is None else [x.strip() for x in fields]
         with _open_text(self.path) as f:
-            rec = 0
-            for lineno, line in enumerate(f, 1):
-                stripped = line.rstrip("\r\n")
-                if not stripped:
-                    continue
-                rec += 1
-                if (record is not None and rec == record) or (record is None and stripped == text):
-                    return lineno
+            reader = csv.reader(f)
+            rec = prev = 0
+            try:
+                for row in reader:
+                    start, prev = prev + 1, reader.line_num
+                    if not row:
+                        continue
+                    rec += 1
+                    if record is not None:
+                        if rec == record:
+                            return start
+                    elif len(row) != len(self._names) and [x.strip() for x in row] == want:
+                        return start
+            except (csv.Error, UnicodeDecodeError):
+                return None
         return None
+
+    def _bad_utf8(self) -> tuple[int | None, str | None, str]:
+        """(line, column, problem) of the first byte that is not UTF-8 (re-reads the file)."""
+        with _open_binary(self.path) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    prefix = raw[:exc.start].decode("utf-8", errors="replace")
+                    i = len(next(csv.reader([prefix]), [""])) - 1 if prefix else 0
+                    col = self._names[i] if 0 <= i < len(self._names) else None
+                    return lineno, col, _utf8_problem(raw, exc)
+        return None, None, "not UTF-8 text"
 
     def _malformed(self, column: str, reason: str, row: int, bad: np.ndarray, sample: str, ok: np.ndarray) -> None:
         """Rows ``bad`` (mask of this chunk) are malformed: raise for the first, or count."""
@@ -454,6 +516,24 @@ def _has_offset(text: str) -> bool:
     return re.search(_OFFSET_RE, text.strip()) is not None
 
 
+def _fields(text: str) -> list[str]:
+    """The fields of one CSV record's text (which may span lines)."""
+    import io
+
+    return next(csv.reader(io.StringIO(text, newline="")), [])
+
+
+def _utf8_problem(raw: bytes, exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text: byte 0x{raw[exc.start]:02x} (byte {exc.start + 1} of the line)"
+
+
+def _open_binary(path: Path):
+    """The file's bytes, gunzipped when it is gzip."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gz else open(path, "rb")  # noqa: SIM115
+
+
 def _open_text(path: Path):
     """The file as text (gzip or plain), for the header and for locating an error's line."""
     with open(path, "rb") as f:
@@ -555,7 +635,8 @@ def to_intervals(series: MeterSeries, quantity: str, notes: Counter) -> tuple[np
         if reset.any():
             notes["counter_resets"] += int(np.count_nonzero(reset))
         gap = dt > GAP_FACTOR * interval
-        notes["gaps"] += int(np.count_nonzero(gap & ~reset))
+        if (gap & ~reset).any():
+            notes["gaps"] += int(np.count_nonzero(gap & ~reset))
         e = np.where(reset | gap, np.nan, de * (interval / dt))
         return t[1:], e, interval
     if quantity == "energy_kwh":
@@ -585,9 +666,70 @@ def to_power(series: MeterSeries, quantity: str, notes: Counter) -> tuple[np.nda
     gap = dt > GAP_FACTOR * interval
     if reset.any():
         notes["counter_resets"] += int(np.count_nonzero(reset))
-    notes["gaps"] += int(np.count_nonzero(gap & ~reset))
+    if (gap & ~reset).any():
+        notes["gaps"] += int(np.count_nonzero(gap & ~reset))
     p = np.where(reset | gap, np.nan, de * 3.6e6 / dt)
     return t[:-1] + 0.5 * dt, p
+
+
+def register_resolution(v: np.ndarray) -> float | None:
+    """The register's resolution (kWh): the coarsest of 1, 0.1, ... 0.000001 kWh that every
+    reading is a whole multiple of, or None (finer: as good as continuous).  Not the
+    smallest rise between readings: a household that never draws less than 45 W has no
+    rise below 0.75 Wh a minute, however fine its register."""
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return None
+    for d in range(7):
+        scaled = finite * 10.0**d
+        if np.all(np.abs(scaled - np.round(scaled)) < 1e-3):
+            return 10.0**-d
+    return None
+
+
+def register_window(v: np.ndarray, interval: float) -> tuple[float, float, float] | None:
+    """Whether a register read every ``interval`` s is too coarse for the power detector.
+
+    A register's resolution (:func:`register_resolution`) moves the power in steps of
+    resolution / interval (a register kept to 0.001 kWh read once a minute: 60 W steps,
+    which drown a 100 W charger).  When a step exceeds :data:`REGISTER_STEP_W` the register
+    is differenced over windows long enough to bring it under that (at least 15 min, the
+    interval detector's native interval; at most :data:`REGISTER_WINDOW_S`).
+
+    Returns:
+        None when the register is fine enough, else ``(resolution_kwh, step_w, window_s)``.
+    """
+    res = register_resolution(v)
+    if res is None or not interval > 0:
+        return None
+    step = res * 3.6e6 / interval
+    if step <= REGISTER_STEP_W:
+        return None
+    need = res * 3.6e6 / REGISTER_STEP_W
+    window = min(max(900.0, math.ceil(need / 900.0 - 1e-9) * 900.0), REGISTER_WINDOW_S)
+    return res, step, window
+
+
+def register_blocks(series: MeterSeries, window: float, notes: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """A register's energy per clock-aligned ``window`` (s): shape (m,) float64 interval
+    ends (UTC epoch s, on the window's grid) and kWh, from the last reading in one window to
+    the last in the next; windows across a counter reset or gap (booked in ``notes``), or
+    after a window without readings, are left out."""
+    t, v = series.t, series.v
+    dt, de = np.diff(t), np.diff(v)
+    interval = float(np.median(dt))
+    reset = de < 0
+    gap = dt > GAP_FACTOR * interval
+    if reset.any():
+        notes["counter_resets"] += int(np.count_nonzero(reset))
+    if (gap & ~reset).any():
+        notes["gaps"] += int(np.count_nonzero(gap & ~reset))
+    n_bad = np.r_[0, np.cumsum(reset | gap)]
+    slot = np.floor(t / window).astype(np.int64)
+    last = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True])
+    a, b = last[:-1], last[1:]
+    ok = (n_bad[b] == n_bad[a]) & (slot[b] == slot[a] + 1)
+    return ((slot[b] + 1) * window)[ok].astype(np.float64), (v[b] - v[a])[ok]
 
 
 # ----------------------------------------------------------------------------- output
@@ -656,6 +798,22 @@ def detect_meter(series: MeterSeries, quantity: str, report: ScanReport, *, tz: 
         except ValueError:   # irregular intervals the interval detector cannot grid
             report.notes["coarse meters the interval detector refused"] += 1
             return []
+    coarse_register = register_window(series.v, interval) if quantity == "register_kwh" else None
+    if coarse_register is not None:
+        res, step, window = coarse_register
+        report.notes[f"meters with a coarse register ({res * 1000:.3g} Wh per {interval:.3g} s = {step:.3g} W "
+                      f"steps; differenced over {window / 60:.3g} min)"] += 1
+        report.coarse_meters += 1
+        detect = _interval_detector()
+        if detect is None:
+            report.coarse_skipped += 1
+            return []
+        t_end, e = register_blocks(series, window, report.notes)
+        try:
+            return list(detect(t_end, e, interval_s=window, tz=tz))
+        except ValueError:
+            report.notes["coarse meters the interval detector refused"] += 1
+            return []
     report.fine_meters += 1
     t, p = to_power(series, quantity, report.notes)
     return detect_sessions(t, p, settings, tz=tz)
@@ -693,8 +851,11 @@ def scan_file(
 
     Raises:
         ScanError: malformed input (file, line, column), unless ``skip_malformed``; a
-            missing column or not exactly one quantity column always.
+            missing column or not exactly one quantity column, an empty, unreadable,
+            non-UTF-8 or truncated gzip file, a directory always.
         FileNotFoundError: ``input_path`` does not exist.
+        ValueError: an unknown time zone; ``output_path`` is the input file.
+        ScanWriteError: the output or the temporary files cannot be written.
     """
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -705,15 +866,24 @@ def scan_file(
                 ZoneInfo(zone)
             except (ZoneInfoNotFoundError, ValueError):
                 raise ValueError(f"unknown time zone {zone!r} (an IANA name such as Asia/Shanghai)") from None
+    if src.is_dir():
+        raise ScanError(src, None, None, "is a directory, not a file")
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such file")
+    if same_file(src, dst):
+        raise ValueError(f"{dst}: the output would overwrite the input file")
     report = ScanReport()
 
     def count(reason: str, n: int) -> None:
         if n:
             report.unusable[reason] += n
 
-    reader = _Reader(src, tz, chunk_rows, skip_malformed, count)
+    try:
+        reader = _Reader(src, tz, chunk_rows, skip_malformed, count)
+    except GZIP_ERRORS as exc:
+        raise ScanError(src, None, None, f"truncated or corrupt gzip file ({exc})") from None
+    except OSError as exc:
+        raise ScanError(src, None, None, exc.strerror or str(exc)) from None
     report.quantity = reader.quantity
     ids: dict[str, int] = {}
     names: list[str] = []
@@ -722,10 +892,19 @@ def scan_file(
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                    TimeRemainingColumn(), console=Console(stderr=True), disable=not progress, transient=False)
-    with tempfile.TemporaryDirectory(prefix="flylead-scan-", dir=tmp_dir) as tmp, bar:
+    try:
+        tmp_ctx = tempfile.TemporaryDirectory(prefix="flylead-scan-", dir=tmp_dir)
+    except OSError as exc:
+        reader.close()
+        raise ScanWriteError("tmp", tmp_dir or tempfile.gettempdir(), exc.strerror or str(exc)) from None
+    with tmp_ctx as tmp, bar:
         clock = time.perf_counter()
         n_buckets = int(min(512, max(1, math.ceil(reader.estimated_rows() / bucket_rows))))
-        buckets = _Buckets(Path(tmp), n_buckets)
+        try:
+            buckets = _Buckets(Path(tmp), n_buckets)
+        except OSError as exc:
+            reader.close()
+            raise ScanWriteError("tmp", tmp, exc.strerror or str(exc)) from None
         try:
             read_task = bar.add_task(f"reading {src.name}",
                                      total=reader.total_rows if reader.parquet else reader.total_bytes)
@@ -736,6 +915,10 @@ def scan_file(
                     codes = _codes(chunk.ids, sel, ids, names)
                     buckets.write(codes, chunk.t[sel], chunk.v[sel])
                 bar.update(read_task, completed=(report.rows_read if reader.parquet else reader.bytes_done()))
+        except GZIP_ERRORS as exc:
+            raise ScanError(src, None, None, f"truncated or corrupt gzip file ({exc})") from None
+        except OSError as exc:   # the bucket files (disk full ...); the input is open already
+            raise ScanWriteError("tmp", tmp, exc.strerror or str(exc)) from None
         finally:
             buckets.close()
             reader.close()
@@ -743,7 +926,10 @@ def scan_file(
         clock = time.perf_counter()
         # rows the CSV parser skipped never reached a chunk
         report.rows_read += report.unusable.get("wrong number of fields", 0)
-        writer = _Writer(dst)
+        try:
+            writer = _Writer(dst)
+        except OSError as exc:
+            raise ScanWriteError("out", dst, exc.strerror or str(exc)) from None
         try:
             det_task = bar.add_task("detecting", total=int(buckets.rows.sum()))
             for path, rows in zip(buckets.paths, buckets.rows):
@@ -751,13 +937,26 @@ def scan_file(
                     _scan_bucket(path, names, reader.quantity, report, writer, household_tz, settings)
                 path.unlink()
                 bar.advance(det_task, int(rows))
-        finally:
             writer.close()
+        except OSError as exc:
+            raise ScanWriteError("out", dst, exc.strerror or str(exc)) from None
+        finally:
+            if not writer.f.closed:
+                writer.f.close()
         report.seconds_detect = time.perf_counter() - clock
     report.meters = len(names)
     report.sessions = writer.n
     report.rows_used = report.rows_read - sum(report.unusable.values())
     return report
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` are the same file (the same inode when both exist, else the
+    same resolved path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _codes(ids, sel: np.ndarray, table: dict[str, int], names: list[str]) -> np.ndarray:

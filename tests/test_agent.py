@@ -131,13 +131,13 @@ def test_clock_stepped_back_does_not_stop_polling(mosquitto):
 
 
 def test_spread_polls_start_each_device_at_its_share_of_the_interval(mosquitto):
-    """Four meters on four buses, 60 s interval at 60x: with spread_polls the first polls
+    """Four meters on four buses, 60 s interval at 30x: with spread_polls the first polls
     fall at 0, 15, 30 and 45 clock s (device k of 4 at k/4 of the interval), then every
     60 s on that phase; without it all four poll at 0."""
     start = 1.8e9
 
     async def scenario(spread: bool):
-        clock = SimClock(start, speed=60.0)
+        clock = SimClock(start, speed=30.0)
         servers = [MeterServer({1: constant_trace(f"h{i}", 100.0, start)}, profile="sdm120", clock=clock)
                    for i in range(4)]
         for s in servers:
@@ -159,8 +159,8 @@ def test_spread_polls_start_each_device_at_its_share_of_the_interval(mosquitto):
         return [[round(t - start) for t in agent.devices[f"m{i}"].poll_times] for i in range(4)]
 
     spread = asyncio.run(scenario(True))
-    # polls land within a second of their slot (60x: 17 ms of real time)
+    # polls land within 3 s of their slot (30x: 0.1 s of real time, room for a busy CI)
     for k, times in enumerate(spread):
         expected = [15 * k + 60 * j for j in range(3) if 15 * k + 60 * j < 150]
-        assert len(times) == len(expected) and all(abs(a - b) <= 1 for a, b in zip(times, expected)), (k, times)
+        assert len(times) == len(expected) and all(abs(a - b) <= 3 for a, b in zip(times, expected)), (k, times)
     assert [t[0] for t in asyncio.run(scenario(False))] == [0, 0, 0, 0]

@@ -26,7 +26,7 @@ def test_example_configuration_is_valid():
 def test_check_config_exit_codes(tmp_path):
     ok = run_cli("check-config", str(EXAMPLE))
     assert ok.returncode == 0, ok.stderr
-    assert "ok (gateway gw-sunrise-01, 1 buses, 2 devices)" in ok.stdout
+    assert "ok (gateway gw-sunrise-01, 1 bus, 2 devices)" in ok.stdout
 
     bad = tmp_path / "bad.toml"
     bad.write_text(EXAMPLE.read_text().replace("device_id = 2", "device_id = 300"))

@@ -236,3 +236,28 @@ def test_evaluate_rejects_unknown_names():
     assert res.exit_code == 2 and "unknown corpus" in res.output
     res = CliRunner().invoke(app, ["evaluate", "--seeds", "5-1"])
     assert res.exit_code == 2
+
+
+def test_evaluate_option_mistakes_are_named(tmp_path):
+    run = CliRunner().invoke
+    for option, value, message in (("--corpus", "", "--corpus: empty name in ''"),
+                                   ("--method", "", "--method: empty name in ''"),
+                                   ("--method", "flylead,", "--method: empty name in 'flylead,'"),
+                                   ("--seeds", "5-1", "--seeds: the range 5-1 runs backwards (write 1-5)")):
+        res = run(app, ["evaluate", option, value])
+        assert res.exit_code == 2, (option, value, res.output)
+        assert message in " ".join(res.output.replace("│", " ").split())
+    res = run(app, ["evaluate", "--json", str(tmp_path)])
+    assert res.exit_code == 2 and f"error: --json {tmp_path}: is a directory" in res.output
+    res = run(app, ["evaluate", "--json", str(tmp_path / "no" / "e.json")])
+    assert res.exit_code == 2 and f"folder {tmp_path / 'no'} does not exist" in res.output
+
+
+def test_missing_ruptures_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ruptures", None)
+    r = run_method(sim_corpus([1]), "pelt")
+    assert r.status == "missing" and r.error.startswith("ModuleNotFoundError: ")
+    assert r.error.endswith("; pip install 'flylead[eval]'")
+    monkeypatch.setitem(sys.modules, "detectors.interval", None)
+    r = run_method(sim_corpus([1], interval_s=900.0), "flylead")
+    assert "pip install" not in r.error   # our own module: no package to install

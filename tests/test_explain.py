@@ -109,3 +109,54 @@ def test_input_options_are_checked(tmp_path):
     res = CliRunner().invoke(app, ["explain", "--csv", str(tmp_path / "none.csv"), "--meter", "A",
                                    "-o", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "none.csv" in res.output
+
+
+def test_bad_options_are_named_before_any_work(tmp_path):
+    run = CliRunner().invoke
+    res = run(app, ["explain", "--scenario-seed", "1", "--household", "h02", "--tz", "Bad/Zone",
+                    "-o", str(tmp_path / "e.png")])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert "flylead explain: --tz: unknown time zone 'Bad/Zone'" in res.output
+    res = run(app, ["explain", "--scenario-seed", "-5", "--household", "h02", "-o", str(tmp_path / "e.png")])
+    assert res.exit_code == 2 and "--scenario-seed" in res.output
+    res = run(app, ["explain", "--scenario-seed", "1", "--household", "h02", "-o", str(tmp_path / "e.txt")])
+    assert res.exit_code == 2 and "--out" in res.output and ".png, .pdf, .svg" in res.output
+    (tmp_path / "d.png").mkdir()
+    res = run(app, ["explain", "--scenario-seed", "1", "--household", "h02", "-o", str(tmp_path / "d.png")])
+    assert res.exit_code == 2 and f"flylead explain: --out {tmp_path / 'd.png'}: is a directory" in res.output
+    assert not (tmp_path / "e.png").exists()
+
+
+def test_csv_is_strict_and_counts_what_it_merges(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('meter_id,timestamp,power_w\n"A\n1",2026-11-27T00:00:00Z,5\nA1,2026-11-27T00:01:00Z,100,7\n')
+    with pytest.raises(ExplainError, match="line 4: 4 fields, expected 3"):
+        from_csv(path, "A1")
+    rows = ["meter_id,timestamp,power_w"] + [f"A1,2026-11-27T{h:02d}:{m:02d}:00Z,{100 + m}" for h in range(4)
+                                              for m in range(60)]
+    rows += ["A1,2026-11-27T00:05:00Z,105", "A1,2026-11-27T00:06:00Z,999", "A1,2026-11-27T00:07:00Z,NaN",
+             "A1,2026-11-27T04:00:00Z,NA"]
+    path.write_text("\n".join(rows) + "\n")
+    load = from_csv(path, "A1")
+    assert load.unusable == {"duplicate row": 1, "conflicting duplicate (later row kept)": 2, "missing power_w": 2}
+    assert load.t.size == 241 and int(np.isnan(load.p_w).sum()) == 2 and load.p_w[6] == 999.0
+    out = tmp_path / "a.svg"
+    res = CliRunner().invoke(app, ["explain", "--csv", str(path), "--meter", "A1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (f"{out}: A1, 0 session(s) detected (241 readings used, conflicting duplicate (later row kept): 2, "
+            "duplicate row: 1, missing power_w: 2)") in res.output.replace("\n", "")
+    assert out.read_text().lstrip().startswith("<?xml") and "<svg" in out.read_text()[:1000]
+
+
+def test_pdf_out_is_a_pdf(tmp_path):
+    out = tmp_path / "h02.pdf"
+    res = CliRunner().invoke(app, ["explain", "--scenario-seed", "1", "--household", "h02", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes()[:5] == b"%PDF-"
+
+
+def test_non_utf8_csv_names_the_line(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"meter_id,timestamp,power_w\nA1,2026-11-27T00:00:00Z,1\nA\xff1,2026-11-27T00:01:00Z,1\n")
+    with pytest.raises(ExplainError, match=r"m.csv: line 3: not UTF-8 text: byte 0xff \(byte 2 of the line\)"):
+        from_csv(path, "A1")

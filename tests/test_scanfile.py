@@ -244,9 +244,124 @@ def test_cli_prints_the_accounting_and_no_progress_bar_off_a_terminal(tmp_path, 
     src = _write_csv(tmp_path / "in.csv", rows + [rows[0], ("m1", _iso(t[-1] + 60), "")], "power_w")
     res = _cli(src, "--out", tmp_path / "out.csv", "--report", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
-    assert "1 sessions from 1 meters (2160 of 2162 rows used, power_w)" in res.output
+    assert "1 session from 1 meter (2160 of 2162 rows used, power_w)" in res.output
     assert "not used: duplicate row: 1" in res.output and "not used: missing power_w: 1" in res.output
     assert "reading" not in res.output and "━" not in res.output     # no bar when not a TTY
     assert json.loads((tmp_path / "r.json").read_text())["unusable"] == {"duplicate row": 1, "missing power_w": 1}
     assert _cli(tmp_path / "nope.csv", "--out", tmp_path / "o.csv").exit_code == 2
     assert _cli(src, "--out", tmp_path / "o.csv", "--tz", "Mars/Olympus").exit_code == 2
+
+
+# ----------------------------------------------------------------------------- a new user's mistakes
+
+
+def test_output_or_report_equal_to_the_input_is_refused(tmp_path, home):
+    t, p, _ = home
+    src = _write_csv(tmp_path / "same.csv", _rows(t[:100], p[:100], "power_w"), "power_w")
+    before = src.read_bytes()
+    res = _cli(src, "--out", src)
+    assert res.exit_code == 2
+    assert f"error: --out {src}: is the input file {src}; refusing to overwrite it" in res.output
+    res = _cli(src, "--out", tmp_path / "o.csv", "--report", tmp_path / "." / "same.csv")
+    assert res.exit_code == 2 and "error: --report" in res.output and "is the input file" in res.output
+    assert src.read_bytes() == before and not (tmp_path / "o.csv").exists()
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        scan_file(src, tmp_path / "x" / ".." / "same.csv")
+
+
+def test_unwritable_outputs_are_named_before_the_scan(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\n")
+    (tmp_path / "adir").mkdir()
+    cases = [
+        (["--out", tmp_path / "adir"], f"error: --out {tmp_path / 'adir'}: is a directory"),
+        (["--out", tmp_path / "o.csv", "--report", tmp_path / "nope" / "r.json"],
+         f"error: --report {tmp_path / 'nope' / 'r.json'}: folder {tmp_path / 'nope'} does not exist"),
+        (["--out", tmp_path / "o.csv", "--tmp-dir", tmp_path / "nope"], f"error: --tmp-dir {tmp_path / 'nope'}: does not exist"),
+        (["--out", tmp_path / "o.csv", "--tmp-dir", src], f"error: --tmp-dir {src}: is not a directory"),
+        (["--out", "/proc/flylead-x.csv"], "error: --out /proc/flylead-x.csv: folder /proc is not writable"),
+    ]
+    for args, message in cases:
+        res = _cli(src, *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and "Traceback" not in res.output
+        assert isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize(("data", "line", "column", "problem"), [
+    (b"", None, None, "file is empty"),
+    (b"PAR1\x15\x04\x15\x80\x01\x15\x00", None, None, "this is a Parquet file: name it .parquet or .pq"),
+    (b"\x89PNG\r\n\x1a\n\x00", 1, None, "not UTF-8 text: byte 0x89 (byte 1 of the line)"),
+    (b"meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\nm1,2026-11-27T00:01:00Z,1\xff\n", 3, "power_w",
+     "not UTF-8 text: byte 0xff (byte 26 of the line)"),
+    # a quoted newline: later lines are still named right
+    (b'meter_id,timestamp,power_w\n"m\n1",2026-11-27T00:00:00Z,1\nm1,yesterday,1\n', 4, "timestamp", "not an ISO 8601"),
+    (b'meter_id,timestamp,power_w\n"m\n1",2026-11-27T00:00:00Z,1\nm1,2026-11-27T00:01:00Z,1,9\n', 4, None,
+     "4 fields, expected 3"),
+    (b'meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\nm1,"2026-11-27T00:01:00Z,1\nm1,2026-11-27T00:02:00Z,1\n',
+     3, None, "a quote opened on this line is never closed (2 fields, expected 3"),
+])
+def test_unreadable_files_are_named(tmp_path, data, line, column, problem):
+    src = tmp_path / "bad.csv"
+    src.write_bytes(data)
+    with pytest.raises(ScanError) as err:
+        scan_file(src, tmp_path / "out.csv")
+    assert (err.value.line, err.value.column) == (line, column)
+    assert problem in err.value.problem
+    res = _cli(src, "--out", tmp_path / "out.csv")
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert res.output.startswith(f"error: {src}{'' if line is None else f':{line}'}: ") and problem in res.output
+
+
+def test_truncated_gzip_and_directory_input(tmp_path, home):
+    import gzip
+
+    t, p, _ = home
+    plain = _write_csv(tmp_path / "in.csv", _rows(t, p, "power_w"), "power_w")
+    whole = gzip.compress(plain.read_bytes())
+    for name, data in (("head.csv.gz", whole[:100]), ("half.csv.gz", whole[: len(whole) // 2])):
+        (tmp_path / name).write_bytes(data)
+        res = _cli(tmp_path / name, "--out", tmp_path / "o.csv")
+        assert res.exit_code == 2, res.output
+        assert res.output.startswith(f"error: {tmp_path / name}: truncated or corrupt gzip file")
+    res = _cli(tmp_path, "--out", tmp_path / "o.csv")
+    assert res.exit_code == 2 and f"error: {tmp_path}: is a directory, not a file" in res.output
+
+
+def test_coarse_register_is_differenced_over_15_minutes(tmp_path):
+    """A register kept to 0.001 kWh read once a minute moves in 60 W steps: read reading by
+    reading it hides the charger; over 15-minute windows the session is found."""
+    start = DEFAULT_START + 10 * H
+    trace, (true,) = household_trace("q1", DEFAULT_START, 36, 4, step_s=60.0, appliances={"standby", "fridge"},
+                                     sessions=[(start, "lithium")])
+    t = trace.start + np.arange(trace.power_w.size) * 60.0 + 30.0
+    reg = np.round(1234.5 + np.cumsum(trace.power_w * 60.0 / 3.6e6), 3)
+    src = tmp_path / "reg.csv"
+    src.write_text("meter_id,timestamp,register_kwh\n" + "".join(f"m1,{_iso(a)},{b:.3f}\n" for a, b in zip(t, reg)))
+    res = _cli(src, "--out", tmp_path / "out.csv", "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    note = "meters with a coarse register (1 Wh per 60 s = 60 W steps; differenced over 15 min)"
+    assert f"note: {note}: 1" in res.output
+    assert "gaps" not in res.output and "counter_resets" not in res.output   # no zero counts
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["notes"] == {note: 1}
+    assert (report["coarse_meters"], report["fine_meters"]) == (1, 0)
+    (row,) = _sessions(tmp_path / "out.csv")
+    assert abs(_start(row) - true.start) <= 1800
+    assert float(row["energy_kwh"]) == pytest.approx(true.energy_kwh, rel=0.2)
+
+
+def test_household_tz_does_not_follow_tz(tmp_path, home):
+    """--tz says how to read timestamps without an offset; the night-time feature keeps the
+    household's zone (Asia/Shanghai) unless --household-tz says otherwise."""
+    t, p, _ = home
+    e15 = p[: p.size // 15 * 15].reshape(-1, 15).sum(axis=1) * 60.0 / 3.6e6
+    t15 = DEFAULT_START + 900.0 * np.arange(1, e15.size + 1)
+    src = _write_csv(tmp_path / "e15.csv", [("m1", x, float(v)) for x, v in zip(t15, e15)], "energy_kwh")
+    assert _cli(src, "--out", tmp_path / "a.csv").exit_code == 0
+    assert _cli(src, "--out", tmp_path / "b.csv", "--tz", "UTC").exit_code == 0
+    assert _cli(src, "--out", tmp_path / "c.csv", "--tz", "UTC", "--household-tz", "Asia/Shanghai").exit_code == 0
+    expect = _sessions(tmp_path / "a.csv")
+    assert len(expect) == 1      # with the night-time feature in UTC there is none
+    assert _sessions(tmp_path / "b.csv") == expect == _sessions(tmp_path / "c.csv")
