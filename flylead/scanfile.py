@@ -615,6 +615,21 @@ def clean_meter(t_ns: np.ndarray, v: np.ndarray, notes: Counter, unusable: Count
     return MeterSeries(t_ns.astype(np.float64) / 1e9, v)
 
 
+def _register_steps(t: np.ndarray, v: np.ndarray, interval: float, notes: Counter
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A register's rises between readings: ``(dt, de, bad)``, shape (m - 1,) each: s, kWh,
+    and True where the rise is unusable, a counter reset (the register went down) or a gap
+    (over ``GAP_FACTOR`` times ``interval``), both booked in ``notes``."""
+    dt, de = np.diff(t), np.diff(v)
+    reset = de < 0
+    gap = dt > GAP_FACTOR * interval
+    if reset.any():
+        notes["counter_resets"] += int(np.count_nonzero(reset))
+    if (gap & ~reset).any():
+        notes["gaps"] += int(np.count_nonzero(gap & ~reset))
+    return dt, de, reset | gap
+
+
 def to_intervals(series: MeterSeries, quantity: str, notes: Counter) -> tuple[np.ndarray, np.ndarray, float]:
     """A meter's data as energy per interval.
 
@@ -627,17 +642,10 @@ def to_intervals(series: MeterSeries, quantity: str, notes: Counter) -> tuple[np
     t, v = series.t, series.v
     if t.size < 2:
         return t[:0], v[:0], math.nan
-    dt = np.diff(t)
-    interval = float(np.median(dt))
+    interval = float(np.median(np.diff(t)))
     if quantity == "register_kwh":
-        de = np.diff(v)
-        reset = de < 0
-        if reset.any():
-            notes["counter_resets"] += int(np.count_nonzero(reset))
-        gap = dt > GAP_FACTOR * interval
-        if (gap & ~reset).any():
-            notes["gaps"] += int(np.count_nonzero(gap & ~reset))
-        e = np.where(reset | gap, np.nan, de * (interval / dt))
+        dt, de, bad = _register_steps(t, v, interval, notes)
+        e = np.where(bad, np.nan, de * (interval / dt))
         return t[1:], e, interval
     if quantity == "energy_kwh":
         return t, v.copy(), interval
@@ -661,14 +669,8 @@ def to_power(series: MeterSeries, quantity: str, notes: Counter) -> tuple[np.nda
     interval = float(np.median(np.diff(t)))
     if quantity == "energy_kwh":
         return t - 0.5 * interval, v * 3.6e6 / interval
-    dt, de = np.diff(t), np.diff(v)
-    reset = de < 0
-    gap = dt > GAP_FACTOR * interval
-    if reset.any():
-        notes["counter_resets"] += int(np.count_nonzero(reset))
-    if (gap & ~reset).any():
-        notes["gaps"] += int(np.count_nonzero(gap & ~reset))
-    p = np.where(reset | gap, np.nan, de * 3.6e6 / dt)
+    dt, de, bad = _register_steps(t, v, interval, notes)
+    p = np.where(bad, np.nan, de * 3.6e6 / dt)
     return t[:-1] + 0.5 * dt, p
 
 
@@ -716,15 +718,9 @@ def register_blocks(series: MeterSeries, window: float, notes: Counter) -> tuple
     the last in the next; windows across a counter reset or gap (booked in ``notes``), or
     after a window without readings, are left out."""
     t, v = series.t, series.v
-    dt, de = np.diff(t), np.diff(v)
-    interval = float(np.median(dt))
-    reset = de < 0
-    gap = dt > GAP_FACTOR * interval
-    if reset.any():
-        notes["counter_resets"] += int(np.count_nonzero(reset))
-    if (gap & ~reset).any():
-        notes["gaps"] += int(np.count_nonzero(gap & ~reset))
-    n_bad = np.r_[0, np.cumsum(reset | gap)]
+    interval = float(np.median(np.diff(t)))
+    dt, de, bad = _register_steps(t, v, interval, notes)
+    n_bad = np.r_[0, np.cumsum(bad)]
     slot = np.floor(t / window).astype(np.int64)
     last = np.flatnonzero(np.r_[slot[1:] != slot[:-1], True])
     a, b = last[:-1], last[1:]

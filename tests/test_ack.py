@@ -28,28 +28,11 @@ from broker.desk.db import DeskDB
 from broker.desk.registry import parse_registry
 from drivers import Reading
 from flylead.clock import SimClock, iso
+from tests.clocks import StepClock
 
 T0 = 1_795_795_200.0  # 2026-11-26T00:00:00Z
 P = 5.0  # poll period of the fire detector, s
 DEV = "fd-1"
-
-
-class StepClock:
-    """A clock the test sets (UTC epoch s); sleeping only yields."""
-
-    speed = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-    async def sleep_until(self, t: float) -> None:
-        await asyncio.sleep(0)
 
 
 def config(gateway: str, interval_s: float = P, port: int = 502):

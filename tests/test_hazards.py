@@ -34,6 +34,7 @@ from detectors.hazards import (
 from drivers import DeviceSpec, DriverError, ModbusTcpBus
 from simulators.fire_detector import FireDetectorSim, fire_scenario
 from simulators.meter import MeterServer
+from tests.clocks import StepClock
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -498,24 +499,6 @@ def test_unknown_device_and_bad_ack():
 
 
 # -- over the real Modbus map -----------------------------------------------------------------------
-
-
-class StepClock:
-    """A clock the test sets: the server answers and the driver stamps at exactly ``t``."""
-
-    speed = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-    async def sleep_until(self, t: float) -> None:
-        await asyncio.sleep(0)
 
 
 def test_fire_detector_served_over_modbus_tcp():

@@ -24,7 +24,7 @@ from drivers import DeviceSpec, ModbusTcpBus
 from drivers.pile import PileSession, PortReading
 from simulators.meter import MeterServer
 from simulators.pile import PileSim, PlannedSession, pile_usage
-from tests.test_hazards import StepClock
+from tests.clocks import StepClock
 
 pytestmark = pytest.mark.timeout(60)
 
