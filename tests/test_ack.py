@@ -96,7 +96,11 @@ class Rig:
 
     async def deliver(self, n_outcomes: int = 1) -> None:
         """Publish the desk's due acknowledgements and wait until the agent handled them."""
-        assert await asyncio.to_thread(self.sender.send_due) >= 1
+        # the sender's own thread may have taken it first (it looks at the queue every
+        # 10 s and on connect): either way each due acknowledgement is published once
+        await asyncio.to_thread(self.sender.send_due)
+        assert self.sender.published >= n_outcomes and self.sender.failures == 0
+        assert all(a.state in ("sent", "done") for a in self.desk.acks()), self.desk.acks()
         deadline = time.monotonic() + 5.0
         while len(self.agent.commands) < n_outcomes and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
