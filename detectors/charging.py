@@ -32,9 +32,9 @@ detector (modules :mod:`detectors.steps`, :mod:`detectors.taper`,
    books the energy, and scores a confidence from the taper's shape with night-time as one
    feature (not a gate).
 
-Measured (``/tmp/det`` harness of the issue: 60 s polls, +-5 s jitter, 1 % lost, demo
-scenario, 5 sessions per seed in busy evenings): seeds 1-20 precision 0.83, recall 0.67
-(F1 0.74); seeds 21-40 F1 0.69; quiet homes give the start to the minute; no session on
+Measured (``flylead evaluate --corpus sim``: 60 s polls, +-5 s jitter, 1 % lost, demo
+scenario, 5 sessions per seed in busy evenings): seeds 1-20 precision 0.83, recall 0.68
+(F1 0.75); seeds 21-40 F1 0.70; quiet homes give the start to the minute; no session on
 the real UCI household or on look-alike homes.  What is left is mostly the switch-on in
 busy evenings, where a lamp or TV of the charger's size switched on within hours of it.
 

@@ -144,20 +144,38 @@ def find_tapers(sf: np.ndarray, *, min_fall_w: float, max_fall_w: float, slope_w
     smoothed fall is ``min_fall_w``..``max_fall_w`` and spread (inverse participation ratio at most
     ``max_share``), and which an exponential fits (:func:`fit_exponential`: amplitude at
     least ``min_fall_w``, time constant within ``tau_bins``, residual at most
-    ``max_rel_rmse`` of the amplitude).
+    ``max_rel_rmse`` of the amplitude).  Where touching falling runs each failed (a slow
+    lead-acid taper paused by a wobbling load falls in pieces of 30-40 W), the stretch
+    they make together is tried as one.
     """
     if sf.size < 12:
         return []
     sm = np.convolve(np.pad(sf, 2, mode="edge"), np.ones(5) / 5.0, mode="valid")
-    out = []
-    for a, b in falling_runs(sf, slope_w_bin):
+
+    def taper(a: int, b: int) -> Taper | None:
         if b - a < min_bins or not min_fall_w <= sm[a] - sm[b] <= max_fall_w:
-            continue
+            return None
         net, share = participation(-np.diff(sm[a:b + 1]))
         if net < min_fall_w or share > max_share:
-            continue
+            return None
         i0, tau, amp, _, rmse = fit_exponential(sf, a)
         if amp < min_fall_w or not tau_bins[0] <= tau <= tau_bins[1] or rmse > max_rel_rmse * amp:
-            continue
-        out.append(Taper(i0, b, tau, amp, net, share, rmse, fit_ramp(sf, i0)))
-    return out
+            return None
+        return Taper(i0, b, tau, amp, net, share, rmse, fit_ramp(sf, i0))
+
+    runs = falling_runs(sf, slope_w_bin)
+    found = [taper(a, b) for a, b in runs]
+    out = [tp for tp in found if tp is not None]
+    # a slow taper paused by a wobble falls in pieces that each fall short of min_fall_w:
+    # where touching runs all failed, the stretch they make together is tried as one
+    k = 0
+    while k < len(runs):
+        j = k
+        while j + 1 < len(runs) and runs[j + 1][0] <= runs[j][1]:
+            j += 1
+        if j > k and all(tp is None for tp in found[k:j + 1]):
+            tp = taper(runs[k][0], runs[j][1])
+            if tp is not None:
+                out.append(tp)
+        k = j + 1
+    return sorted(out, key=lambda tp: tp.i0)
