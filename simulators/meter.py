@@ -102,7 +102,29 @@ class DeviceModel:
         return [words.get(a, 0) for a in range(address, address + count)]
 
 
-class MeterServer:
+class FaultSwitch:
+    """``set_fault`` for a simulator holding ``_models`` and ``_faults`` by device id; the
+    subclass names its faults (``fault_names``) and how an unknown id reads (``unknown_id``)."""
+
+    fault_names: tuple[str | None, ...] = FAULTS
+    unknown_id = "no meter with device id {}"
+    _models: Mapping[int, Any]
+    _faults: dict[int, str | None]
+
+    def set_fault(self, device_id: int, fault: str | None) -> None:
+        """Inject a fault (see the module's ``FAULTS``).
+
+        Raises:
+            ValueError: unknown device id or fault.
+        """
+        if device_id not in self._models:
+            raise ValueError(self.unknown_id.format(device_id))
+        if fault not in self.fault_names:
+            raise ValueError(f"fault must be one of {self.fault_names}, got {fault!r}")
+        self._faults[device_id] = fault
+
+
+class MeterServer(FaultSwitch):
     """Modbus TCP server on host:port serving simulated devices (device id -> values)
     with a profile's register map.
 
@@ -198,18 +220,6 @@ class MeterServer:
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()
-
-    def set_fault(self, device_id: int, fault: str | None) -> None:
-        """Inject a fault (see :data:`FAULTS`).
-
-        Raises:
-            ValueError: unknown device id or fault.
-        """
-        if device_id not in self._models:
-            raise ValueError(f"no meter with device id {device_id}")
-        if fault not in FAULTS:
-            raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
-        self._faults[device_id] = fault
 
     async def _answer(
         self,

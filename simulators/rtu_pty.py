@@ -38,7 +38,7 @@ from drivers.rtu import (
 )
 from flylead.clock import Clock
 from drivers.profile import load_profile
-from simulators.meter import DeviceModel, ValueSource
+from simulators.meter import DeviceModel, FaultSwitch, ValueSource
 
 #: Faults :meth:`RtuSim.set_fault` accepts:
 #:
@@ -58,7 +58,7 @@ FAULTS = (None, "silent", "exception", "bad_crc", "garbage", "slow", "short", "o
 GARBAGE = bytes.fromhex("00 FF 01 04 FB 55 AA")
 
 
-class RtuSim:
+class RtuSim(FaultSwitch):
     """RTU devices (device id -> values) on a pty or a TCP port, in a daemon thread.
 
     Args:
@@ -83,6 +83,9 @@ class RtuSim:
         ValueError: no meters, a device id outside 1..247, a bad transport or timing.
         drivers.profile.ProfileError: invalid profile.
     """
+
+    fault_names = FAULTS
+    unknown_id = "no device with id {}"
 
     def __init__(
         self,
@@ -169,18 +172,6 @@ class RtuSim:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-    def set_fault(self, device_id: int, fault: str | None) -> None:
-        """Inject a fault (see :data:`FAULTS`).
-
-        Raises:
-            ValueError: unknown device id or fault.
-        """
-        if device_id not in self._models:
-            raise ValueError(f"no device with id {device_id}")
-        if fault not in FAULTS:
-            raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
-        self._faults[device_id] = fault
 
     # -- the line ----------------------------------------------------------------------
 
