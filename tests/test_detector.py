@@ -22,6 +22,7 @@ from detectors.taper import falling_runs, find_tapers, fit_exponential, fit_ramp
 from simulators.loads import household_trace
 from simulators.polling import poll
 from simulators.scenario import DEFAULT_START, demo_scenario
+from tests.households import quiet_home
 
 H = 3600.0
 
@@ -32,11 +33,6 @@ class Found:
     start: float
     end: float
     energy_kwh: float
-
-
-def quiet_home(profile: str, seed: int):
-    return household_trace("q1", DEFAULT_START, 36, seed, appliances={"standby", "fridge"},
-                           sessions=[(DEFAULT_START + 10 * H, profile)])
 
 
 def test_bad_input_is_named():

@@ -17,10 +17,10 @@ import pytest
 
 from detectors.evaluate import match_sessions
 from detectors.interval import IntervalSettings, detect_interval_sessions, opening
-from simulators.loads import household_trace
 from simulators.replay import uci_trace
 from simulators.sampling import interval_energy
 from simulators.scenario import DEFAULT_START, demo_scenario
+from tests.households import quiet_home
 from simulators.trace import LoadTrace
 
 H = 3600.0
@@ -31,11 +31,6 @@ class Found:
     household: str
     start: float
     end: float
-
-
-def quiet_home(profile: str, seed: int):
-    return household_trace("q1", DEFAULT_START, 36, seed, appliances={"standby", "fridge"},
-                           sessions=[(DEFAULT_START + 10 * H, profile)])
 
 
 # -- the resampler ----------------------------------------------------------------------------
