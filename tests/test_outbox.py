@@ -115,8 +115,10 @@ class PrivateMosquitto:
         self.port = free_port()
         self.conf = tmp / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 100000\n"
+            # persistence, as a deployed broker has it: what the broker acknowledged and still
+            # holds for the receiver's persistent session survives the simulated outage
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {tmp}/\nmax_queued_messages 100000\n"
         )
         self.proc: subprocess.Popen | None = None
 
@@ -196,6 +198,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(private_broker, tmp_path):
     for i in range(100):
         pub.publish(telemetry_topic(gw, "m1"), telemetry(pub, gw, i))
     assert pub.drain(10)
+    rx.wait(100)
     private_broker.stop()  # the uplink goes away
     for i in range(100, 400):
         pub.publish(telemetry_topic(gw, "m1"), telemetry(pub, gw, i))
