@@ -526,6 +526,7 @@ def evaluate_cmd(
     uci_seed: Annotated[int, typer.Option("--uci-seed", help="Seed of the UCI injections and polls.")] = 1,
     uci_window: Annotated[str, typer.Option("--uci-window", help="Local hours the UCI sessions start in, FROM-TO (e.g. 19-23.5; TO may pass 24).")] = "19-23.5",
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Processes (one job per corpus and method).")] = 1,
+    draws: Annotated[int, typer.Option("--draws", min=1, max=50, help="Poll draws per seed of the sim corpus (each polls the same homes at other instants).")] = 5,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure (and each detection) as JSON here.")] = None,
 ) -> None:
     """Score our charging detector and two baselines (power threshold, ruptures PELT) on
@@ -547,7 +548,7 @@ def evaluate_cmd(
             raise typer.BadParameter(f"{option}: empty name in {given!r} (comma-separated names, none empty)")
     try:
         result = evaluate(names, seeds=_seed_range(seeds), replicas=uci_replicas, uci_seed=uci_seed,
-                          uci_window_h=window, methods=methods, workers=workers,
+                          uci_window_h=window, methods=methods, workers=workers, draws=draws,
                           progress=lambda line: typer.echo(f"  {line}", err=True))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -147,7 +147,7 @@ def _job(args: tuple[Corpus, str]) -> tuple[str, str, MethodResult]:
 
 def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 21), replicas: int = 20,
              uci_seed: int = 1, uci_window_h: tuple[float, float] = NIGHT_WINDOW_H,
-             methods: Sequence[str] = METHODS, workers: int = 1,
+             methods: Sequence[str] = METHODS, workers: int = 1, draws: int = 5,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build the corpora, run every method on each, and gather the figures.
 
@@ -159,6 +159,8 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
         uci_window_h: local hours (from, to) of the UCI session starts.
         methods: some of :data:`METHODS`.
         workers: processes (1 = in this process); each (corpus, method) is one job.
+        draws: poll draws per seed of ``sim`` (:func:`simulators.corpora.sim_corpus`): the
+            figures of one draw move by about 0.1 in F1 with the instants the polls hit.
         progress: called with a short line as each (corpus, method) finishes.
 
     Returns:
@@ -167,7 +169,7 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
         ``methods`` (name -> :class:`MethodResult` as a dict)), ``seconds``.
 
     Raises:
-        ValueError: unknown corpus or method name, no seed, ``replicas`` < 1.
+        ValueError: unknown corpus or method name, no seed, ``replicas`` < 1, ``draws`` < 1.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -175,7 +177,8 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
     seeds = list(seeds)
     if not seeds:
         raise ValueError("no scenario seed given")
-    kw = {"seeds": seeds, "replicas": replicas, "uci_seed": uci_seed, "uci_window_h": tuple(uci_window_h)}
+    kw = {"seeds": seeds, "replicas": replicas, "uci_seed": uci_seed, "uci_window_h": tuple(uci_window_h),
+          "draws": draws}
     t0 = time.perf_counter()
     built = {c.name: c for c in corpora(names, **kw)}  # validates the names
     out: dict[str, Any] = {"corpora": {}}
@@ -204,9 +207,10 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
                 progress(f"{corpus.name} {method}: {r.status}")
     out["settings"] = {"corpora": list(built), "methods": list(methods), "seeds": seeds,
                        "uci_replicas": replicas, "uci_seed": uci_seed,
-                       "uci_start_window_h": list(uci_window_h), "workers": workers,
+                       "uci_start_window_h": list(uci_window_h), "workers": workers, "draws": draws,
                        "match": "overlap and starts within 1800 s",
-                       "poll": "60 s +-5 s jitter, 1 % lost; default_rng(seed) shared by a scenario's households"}
+                       "poll": "60 s +-5 s jitter, 1 % lost; draw 0 default_rng(seed), draw d default_rng([seed, d]), "
+                               "each shared by a scenario's households"}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -110,33 +110,50 @@ def _series(household: str, trace: LoadTrace, rng: np.random.Generator | None,
 
 
 def sim_corpus(seeds: Iterable[int], *, interval_s: float | None = None, hours: float = 48.0,
-               name: str | None = None) -> Corpus:
+               name: str | None = None, draws: int = 1) -> Corpus:
     """The demo scenario for each seed, polled (or as interval energy when ``interval_s``).
+
+    A detector's figures on one poll draw depend on which instants the polls hit (the same
+    homes polled again score differently), so polled power can be drawn ``draws`` times:
+    draw 0 with ``default_rng(seed)`` shared by the households in order (the detector
+    tests' draw), draw ``d`` >= 1 with ``default_rng([seed, d])``.  Interval energy has no
+    poll draw; ``draws`` is ignored for it.
 
     Args:
         seeds: scenario seeds; each gives 8 households (h08 the real UCI household).
         interval_s: None for polled power, else the interval (s) of interval energy.
         hours: scenario length (h).
         name: corpus name (default ``sim`` or ``sim15`` for 900 s).
+        draws: poll draws per seed, >= 1.
 
     Returns:
-        The corpus; households ``s<seed>/h01`` .. ``s<seed>/h08``.
+        The corpus; households ``s<seed>/h01`` .. ``s<seed>/h08`` (draw 0) and
+        ``s<seed>.<d>/h01`` .. (draw ``d``), each draw with its own copy of the truth.
+
+    Raises:
+        ValueError: ``draws`` < 1.
     """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws!r}")
     from simulators.scenario import demo_scenario
 
     series: list[Series] = []
     truth: list[TrueSession] = []
     tz = "Asia/Shanghai"
     seeds = list(seeds)
+    draws = 1 if interval_s is not None else draws
     for seed in seeds:
         sc = demo_scenario(seed=seed, hours=hours)
         tz = sc.tz
-        rng = np.random.default_rng(seed)
-        for trace in sc.traces:
-            series.append(_series(f"s{seed}/{trace.household}", trace, rng, interval_s, sc.tz))
-        truth += [replace(s, household=f"s{seed}/{s.household}") for s in sc.truth]
+        for d in range(draws):
+            rng = np.random.default_rng(seed if d == 0 else [seed, d])
+            tag = f"s{seed}" if d == 0 else f"s{seed}.{d}"
+            for trace in sc.traces:
+                series.append(_series(f"{tag}/{trace.household}", trace, rng, interval_s, sc.tz))
+            truth += [replace(s, household=f"{tag}/{s.household}") for s in sc.truth]
     label = "" if interval_s is None else f"{interval_s / 60:g}"
-    what = "60 s polls +-5 s, 1 % lost" if interval_s is None else f"{interval_s / 60:g}-min interval energy"
+    what = (f"60 s polls +-5 s, 1 % lost, {draws} poll draw{'s' if draws > 1 else ''}" if interval_s is None
+            else f"{interval_s / 60:g}-min interval energy")
     seed_text = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else str(seeds)
     return Corpus(name or f"sim{label}", "power" if interval_s is None else "interval", interval_s, tz,
                   series, truth, f"demo scenario seeds {seed_text}, 8 households x {hours:g} h, {what}")
@@ -249,10 +266,11 @@ def _hhmm(hour: float) -> str:
 
 def corpora(names: Sequence[str], *, seeds: Iterable[int] = range(1, 21), replicas: int = 20,
             uci_seed: int = 1, uci_window_h: tuple[float, float] = NIGHT_WINDOW_H,
-            interval_s: float = 900.0) -> list[Corpus]:
+            interval_s: float = 900.0, draws: int = 1) -> list[Corpus]:
     """The named corpora (``sim``, ``sim15``, ``uci``, ``uci15``, ``uci-neg``,
     ``uci15-neg``) in the order given; ``15`` stands for ``interval_s``; the UCI ones with
-    :func:`uci_corpus` (``replicas``, ``uci_seed``, ``uci_window_h``).
+    :func:`uci_corpus` (``replicas``, ``uci_seed``, ``uci_window_h``); ``draws`` poll draws
+    of ``sim`` (:func:`sim_corpus`).
 
     Raises:
         ValueError: an unknown name.
@@ -262,7 +280,7 @@ def corpora(names: Sequence[str], *, seeds: Iterable[int] = range(1, 21), replic
     for n in names:
         base, interval = (n.replace("15", ""), interval_s) if "15" in n else (n, None)
         if base == "sim":
-            out.append(sim_corpus(seeds, interval_s=interval, name=n))
+            out.append(sim_corpus(seeds, interval_s=interval, name=n, draws=draws))
         elif base in ("uci", "uci-neg"):
             out.append(uci_corpus(replicas, seed=uci_seed, inject=base == "uci",
                                   interval_s=interval, window_h=uci_window_h, name=n))

@@ -185,6 +185,23 @@ def test_sim_corpus_is_the_poll_model_of_the_detector_tests():
     assert len(c.truth) == 5 and all(s.household.startswith("s3/h0") for s in c.truth)
 
 
+def test_sim_corpus_draws_poll_the_same_homes_again():
+    c = sim_corpus([3], draws=2)
+    sc = demo_scenario(seed=3)
+    assert [s.household for s in c.series[8:]] == [f"s3.1/h0{i}" for i in range(1, 9)]
+    rng = np.random.default_rng([3, 1])
+    for series, trace in zip(c.series[8:], sc.traces):
+        t, p = poll(trace, rng)
+        np.testing.assert_array_equal(series.t, t)
+        np.testing.assert_array_equal(series.values, p)
+    assert not np.array_equal(c.series[0].t, c.series[8].t)
+    assert len(c.truth) == 10 and sum(s.household.startswith("s3.1/") for s in c.truth) == 5
+    assert "2 poll draws" in c.note
+    assert len(sim_corpus([3], interval_s=900.0, draws=4).series) == 8  # no poll draw in interval energy
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        sim_corpus([3], draws=0)
+
+
 def test_missing_interval_detector_is_reported_not_raised(monkeypatch):
     monkeypatch.setitem(sys.modules, "detectors.interval", None)  # import fails
     c = sim_corpus([1], interval_s=900.0)
@@ -198,15 +215,15 @@ def test_missing_interval_detector_is_reported_not_raised(monkeypatch):
 def test_evaluate_command_writes_json_with_our_figures(tmp_path):
     out = tmp_path / "eval.json"
     res = CliRunner().invoke(app, ["evaluate", "--seeds", "1-2", "--corpus", "sim,uci-neg",
-                                   "--uci-replicas", "1", "--json", str(out)])
+                                   "--uci-replicas", "1", "--draws", "2", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "flylead evaluate" in res.output and "threshold" in res.output and "pelt" in res.output
     data = json.loads(out.read_text())
     assert set(data) == {"corpora", "settings", "seconds"}
-    assert data["settings"]["seeds"] == [1, 2]
+    assert data["settings"]["seeds"] == [1, 2] and data["settings"]["draws"] == 2
     sim = data["corpora"]["sim"]
-    assert (sim["households"], sim["household_days"], sim["true_sessions"]) == (16, 48, 10)
-    assert sim["household_weeks"] == pytest.approx(16 * 2 / 7, abs=1e-3)
+    assert (sim["households"], sim["household_days"], sim["true_sessions"]) == (32, 96, 20)
+    assert sim["household_weeks"] == pytest.approx(32 * 2 / 7, abs=1e-3)
     assert set(sim["methods"]) == {"flylead", "threshold", "pelt"}
     ours = sim["methods"]["flylead"]
     assert set(ours) >= {"status", "detections", "tp", "fp", "fn", "precision", "recall", "f1", "day",
@@ -216,17 +233,17 @@ def test_evaluate_command_writes_json_with_our_figures(tmp_path):
     tp = fp = fn = 0
     for seed in (1, 2):
         sc = demo_scenario(seed=seed)
-        rng = np.random.default_rng(seed)
-        found = []
-        for trace in sc.traces:
-            t, p = poll(trace, rng)
-            found += [S(trace.household, s.start, s.end) for s in detect_sessions(t, p, tz=sc.tz)]
-        m = match_sessions(found, sc.truth)
-        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+        for rng in (np.random.default_rng(seed), np.random.default_rng([seed, 1])):  # the two draws
+            found = []
+            for trace in sc.traces:
+                t, p = poll(trace, rng)
+                found += [S(trace.household, s.start, s.end) for s in detect_sessions(t, p, tz=sc.tz)]
+            m = match_sessions(found, sc.truth)
+            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
     assert (ours["tp"], ours["fp"], ours["fn"]) == (tp, fp, fn)
     assert ours["precision"] == pytest.approx(tp / (tp + fp))
     assert ours["recall"] == pytest.approx(tp / (tp + fn))
-    assert ours["false_alarms_per_100_household_weeks"] == pytest.approx(100 * fp / (32 / 7))
+    assert ours["false_alarms_per_100_household_weeks"] == pytest.approx(100 * fp / (64 / 7))
     neg = data["corpora"]["uci-neg"]
     assert neg["true_sessions"] == 0 and neg["households"] == 1 and neg["household_days"] == 5
 
