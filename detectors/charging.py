@@ -259,8 +259,9 @@ class DetectorSettings:
     min_confidence: float = 0.5
     #: Streaming: bins kept (s) and how often the core re-runs (s of data).  Chosen: a
     #: day holds the longest session (15 h) with its evening; one run every 30 min costs
-    #: ~2-5 ms on a day of one-minute bins, i.e. < 50 us per reading on average, and a
-    #: session is reported within ``settle_s`` + 30 min of its end.
+    #: ~0.7-2 ms on a day of one-minute bins (the busiest, the real UCI household, ~2 ms),
+    #: i.e. < 50 us per reading on average (bench/bench_streaming.py), and a session is
+    #: reported within ``settle_s`` + 30 min of its end.
     buffer_s: float = 24 * 3600.0
     analysis_interval_s: float = 1800.0
     #: Streaming: a session is reported once its end is this far (s) behind the newest data.
@@ -353,16 +354,17 @@ class _Load:
 def _prepare(x: np.ndarray, s: DetectorSettings) -> _Load:
     """Bins (shape (m,), W, no NaN) to :class:`_Load`."""
     m3 = steps.running_median(x, 3)  # one-bin spikes (compressor start surge) out
-    raw, _ = steps.find_edges(m3, s.pulse_min_w, s.edge_flag_w)
+    raw, _ = steps.edge_arrays(m3, s.pulse_min_w, s.edge_flag_w)
     fridge = steps.learn_pulse_height(raw, s.fridge_w[0], s.fridge_w[1], s.bins(s.fridge_run_s[0]),
                                       s.bins(s.fridge_run_s[1]), s.fridge_min_runs)
     pairs = steps.pair_pulses(raw, fridge, s.big_pulse_w, s.bins(s.big_pulse_s),
                               (s.bins(s.fridge_run_s[0]), s.bins(s.fridge_run_s[1])),
                               s.fridge_band, s.fridge_sag)
     y = steps.running_median(steps.subtract_pulses(m3, raw, pairs), 3)
-    edges, bg = steps.find_edges(y, s.edge_min_w, s.edge_flag_w, side_bins=s.edge_side_bins,
+    cols, bg = steps.edge_arrays(y, s.edge_min_w, s.edge_flag_w, side_bins=s.edge_side_bins,
                                  noise_k=s.edge_noise_k)
-    sf = steps.step_free(y, edges, bg)
+    sf = steps.step_free(y, cols, bg)
+    edges = list(map(steps.Edge._make, zip(cols.k0.tolist(), cols.k1.tolist(), cols.size.tolist())))
     return _Load(x, y, edges, sf, math.nan if fridge is None else fridge)
 
 
@@ -428,11 +430,27 @@ def _follow_end(load: _Load, tp: Taper, profile: str, level: float, s: DetectorS
     return k_end, (stage2 * (k2 - tp.i0) + float_w * (k_end - k2)) * g / 3600.0
 
 
+def _percentile(a: np.ndarray, q: float) -> float:
+    """``float(np.percentile(a, q))`` (linear interpolation) of ``a`` (shape (n,), n >= 1, no
+    NaN), to the bit, without its overhead (a few us against ~30 us): the order statistics
+    either side of the virtual index ``(n - 1) q / 100``, interpolated as numpy does."""
+    n = a.size
+    vi = (n - 1) * (q / 100)
+    lo = math.floor(vi)
+    if lo >= n - 1:
+        return float(a.max())
+    part = np.partition(a, (lo, lo + 1))
+    x0, x1 = float(part[lo]), float(part[lo + 1])
+    t, d = vi - lo, x1 - x0
+    # numpy's lerp: from the nearer end, so that the result is monotonic in q
+    return x1 - d * (1 - t) if t >= 0.5 else x0 + d * t
+
+
 def _supported(load: _Load, cand: switch_on.Candidate, i0: int, base: float, s: DetectorSettings) -> bool:
     """Whether the load stays above ``base`` plus the charger's step from the switch-on to
     the taper (its 2nd percentile, within ``support_tolerance``)."""
     seg = load.y[cand.k + 3: max(cand.k + 4, i0 - 3)]
-    floor = float(np.percentile(seg, 2)) - base - cand.charger_w
+    floor = _percentile(seg, 2) - base - cand.charger_w
     return floor >= -(s.support_tolerance[0] * cand.charger_w + s.support_tolerance[1])
 
 
@@ -459,7 +477,7 @@ def _switch_on(load: _Load, tp: Taper, s: DetectorSettings, used: set[int]
     load supports (:func:`_supported`) is taken.
     """
     o, g = load.y, s.grid_s
-    base = float(np.percentile(o[tp.i1: min(o.size, tp.i1 + s.bins(s.base_after_s))], 10))
+    base = _percentile(o[tp.i1: min(o.size, tp.i1 + s.bins(s.base_after_s))], 10)
     level_seen = float(o[tp.i0]) - base
     exps = switch_on.expectations(
         level_seen, tp.amp_w, rise={"lead_acid": s.plateau_rise[0], "lithium": s.plateau_rise[1]},

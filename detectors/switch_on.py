@@ -12,9 +12,13 @@ supports.
 
 from __future__ import annotations
 
+import bisect
+from operator import itemgetter
 from typing import NamedTuple
 
 from detectors.steps import Edge
+
+_K0 = itemgetter(0)  # an edge's first bin, the key edges are sorted by
 
 
 class Expectation(NamedTuple):
@@ -103,12 +107,19 @@ def expectations(level_w: float, taper_w: float, *, rise: dict[str, float], stag
     return out
 
 
+def _span(edges: list[Edge], lo: int, hi: int) -> range:
+    """Indices of the edges (in time order, ``k0`` increasing) that start in bins [lo, hi]."""
+    return range(bisect.bisect_left(edges, lo, key=_K0), bisect.bisect_right(edges, hi, key=_K0))
+
+
 def candidates(edges: list[Edge], lo: int, hi: int, merge_bins: int = 3) -> list[tuple[int, float]]:
     """Up-steps starting in bins [lo, hi]: each up-edge, and each up-edge with the next one
-    when that starts within ``merge_bins`` of its end.  List of (first bin, size W)."""
+    when that starts within ``merge_bins`` of its end.  ``edges`` in time order (as
+    :func:`detectors.steps.find_edges` gives them).  List of (first bin, size W)."""
     out = []
-    for n, (k0, k1, v) in enumerate(edges):
-        if v <= 0 or not lo <= k0 <= hi:
+    for n in _span(edges, lo, hi):
+        k0, k1, v = edges[n]
+        if v <= 0:
             continue
         out.append((k0, v))
         if n + 1 < len(edges):
@@ -135,9 +146,10 @@ def score(z: float, energy: float, energy_soft_kwh: float, energy_width_kwh: flo
 
 def undone_later(edges: list[Edge], k: int, size_w: float, until: int, rel: float, abs_w: float) -> bool:
     """Whether a down-edge after bin ``k`` and before ``until`` takes back ``size_w`` (W)
-    within ``rel`` of it plus ``abs_w``: an appliance switching off again."""
+    within ``rel`` of it plus ``abs_w``: an appliance switching off again.  ``edges`` in
+    time order."""
     tol = rel * size_w + abs_w
-    return any(abs(size_w + v) <= tol for k0, _, v in edges if v < 0 and k < k0 < until)
+    return any(abs(size_w + edges[n].size) <= tol for n in _span(edges, k + 1, until - 1) if edges[n].size < 0)
 
 
 def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Expectation], *,
@@ -145,7 +157,8 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
                     merged_factor: float, merged_max_w: float, pairing_bins: int,
                     pair_match: tuple[float, float], energy_soft_kwh: float,
                     energy_width_kwh: float, used: set[int]) -> list[Candidate]:
-    """Switch-ons in bins [lo, hi] before the taper at ``i0``, best first.
+    """Switch-ons in bins [lo, hi] before the taper at ``i0``, best first (``edges`` in time
+    order, as :func:`detectors.steps.find_edges` gives them).
 
     Each candidate step is tried under each expectation (the better score kept); a step
     much larger than expected (over ``merged_factor`` times, at most ``merged_max_w``) is
