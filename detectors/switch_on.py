@@ -156,7 +156,8 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
                     grid_s: float, taper_wh: float, tail_wh: dict[str, float], max_z: float,
                     merged_factor: float, merged_max_w: float, pairing_bins: int,
                     pair_match: tuple[float, float], energy_soft_kwh: float,
-                    energy_width_kwh: float, used: set[int]) -> list[Candidate]:
+                    energy_width_kwh: float, used: set[int],
+                    plateau_cost_per_h: float = 0.0) -> list[Candidate]:
     """Switch-ons in bins [lo, hi] before the taper at ``i0``, best first (``edges`` in time
     order, as :func:`detectors.steps.find_edges` gives them).
 
@@ -166,7 +167,9 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
     down-edge (within ``pairing_bins``, matching within ``pair_match``: share of it plus W)
     takes that appliance back; the charger's share is
     then the expected step, at a cost of ``max_z / 2``.  Candidates whose mismatch exceeds
-    ``max_z`` or whose bin is in ``used`` are dropped.
+    ``max_z`` or whose bin is in ``used`` are dropped.  Each candidate's score (lower is
+    better) is :func:`score` plus ``plateau_cost_per_h`` per hour from it to the taper's
+    onset ``i0`` (a prior for the later of two equally fitting switch-ons).
     """
     best: dict[tuple[int, float], Candidate] = {}
     for k, size in candidates(edges, lo, hi):
@@ -183,7 +186,8 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
             if abs(z) > max_z:
                 continue
             e = energy_kwh(charger, exp, i0 - k, grid_s, taper_wh, tail_wh)
-            cand = Candidate(k, size, charger, exp, z, e, score(z, e, energy_soft_kwh, energy_width_kwh))
+            cost = score(z, e, energy_soft_kwh, energy_width_kwh) + plateau_cost_per_h * (i0 - k) * grid_s / 3600.0
+            cand = Candidate(k, size, charger, exp, z, e, cost)
             if (k, size) not in best or cand.score < best[(k, size)].score:
                 best[(k, size)] = cand
     return sorted(best.values(), key=lambda c: c.score)

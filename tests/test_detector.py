@@ -157,28 +157,30 @@ def test_streaming_matches_batch_and_reports_once():
 
 def test_busy_corpus_regression_floor(capsys):
     """Seeds 1..6 of the demo scenario (5 sessions each, charging in busy evenings), batch,
-    60 s polls with jitter and 1 % loss.  Measured when written (this poll model, matched
-    within 30 min): seeds 1-6 tp=18 fp=5 fn=12; seeds 1-20 tp=68 fp=14 fn=32, precision
-    0.83, recall 0.68, F1 0.75 (before this detector: precision 0.64, recall 0.35); seeds
-    21-40, not used for tuning, F1 0.70 (``flylead evaluate --seeds 21-40 --corpus sim``).
-    The floor below guards against regressions, not the issue's target (F1 >= 0.95), which
-    the switch-on in busy evenings still misses."""
+    60 s polls with jitter and 1 % loss, three poll draws each (as ``flylead evaluate``:
+    ``default_rng(seed)``, then ``default_rng([seed, d])``; one draw alone moves F1 by about
+    0.05).  Measured when written (29 Nov 2026, median level at the taper's top and the
+    plateau prior): tp=56 fp=14 fn=34 (precision 0.80, recall 0.62); seeds 1-20 x 5 draws
+    precision 0.82, recall 0.68, F1 0.74; seeds 21-40 x 5, not used for tuning, F1 0.71
+    (``flylead evaluate --corpus sim``).  The floor below guards against regressions, not
+    the issue's target (F1 >= 0.95), which the switch-on in busy evenings still misses."""
     tp = fp = fn = 0
     for seed in range(1, 7):
         sc = demo_scenario(seed=seed)
-        rng = np.random.default_rng(seed)
-        found = []
-        for trace in sc.traces:
-            t, p = poll(trace, rng)
-            found += [Found(trace.household, s.start, s.end, s.energy_kwh)
-                      for s in detect_sessions(t, p, tz=sc.tz)]
-        m = match_sessions(found, sc.truth)
-        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        assert all(f.household != "h08" for f in found)
+        for draw in range(3):
+            rng = np.random.default_rng(seed if draw == 0 else [seed, draw])
+            found = []
+            for trace in sc.traces:
+                t, p = poll(trace, rng)
+                found += [Found(trace.household, s.start, s.end, s.energy_kwh)
+                          for s in detect_sessions(t, p, tz=sc.tz)]
+            m = match_sessions(found, sc.truth)
+            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+            assert all(f.household != "h08" for f in found)
     with capsys.disabled():
-        print(f"\nbusy corpus seeds 1-6: tp={tp} fp={fp} fn={fn}")
-    assert tp >= 17
-    assert tp / (tp + fp) >= 0.75
+        print(f"\nbusy corpus seeds 1-6 x 3 poll draws: tp={tp} fp={fp} fn={fn}")
+    assert tp >= 54
+    assert tp / (tp + fp) >= 0.77
 
 
 # ----------------------------------------------------------------------------- building blocks
