@@ -281,10 +281,10 @@ class DetectorSettings:
     analysis_interval_s: float = 1800.0
     #: Streaming: a session is reported once its end is this far (s) behind the newest data.
     #: The core measures the household's base over ``base_after_s`` after a taper; reported
-    #: earlier, a session rests on a base from less data than batch sees (seeds 1-20 x 2
-    #: poll draws, streaming F1: 30 min 0.705, 2 h 0.727, 4 h 0.733; batch 0.746).  Chosen:
-    #: 4 h, the base window; an alert for the next day's visit can wait that long.
-    settle_s: float = 4 * 3600.0
+    #: too early, a session rests on a base from less data than batch sees (seeds 1-20 x 5
+    #: poll draws, streaming F1: 30 min 0.717, 2 h 0.743, 4 h 0.743; batch 0.744).  Chosen:
+    #: 2 h; an alert for the next day's visit can wait that long.
+    settle_s: float = 2 * 3600.0
     #: Streaming: the core re-runs only while a session is open or when the load that
     #: lasts (running minimum over ``trigger_min_s``, longer than a fridge run) fell
     #: gradually (see ``trigger_bin_w``) by ``trigger_fall_w`` within the last
