@@ -6,6 +6,7 @@ example is ``docs/example-compound.toml``.
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -39,6 +40,22 @@ class MqttSettings(_Strict):
     ca_file: str | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_loads(cls, v: str | None) -> str | None:
+        """The CA bundle must be a readable file of PEM certificates (checked here, so
+        ``check-config`` names it and the agent does not fail later inside paho)."""
+        if v is None:
+            return v
+        path = Path(v)
+        if not path.is_file():
+            raise ValueError(f"no such file: {v}")
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"{v} is not a readable PEM certificate file ({exc})") from None
+        return v
 
 
 class BusSettings(_Strict):

@@ -220,7 +220,12 @@ class Agent:
             state.failures += 1
             backoff = min(dev.interval_s * 2 ** (state.failures - 1), self.config.max_backoff_s)
             state.next_due = self.clock.now() + backoff
-            log.warning("%s (retry in %g s)", exc, backoff)
+            # log the change of state, not every retry: the first failure and the recovery
+            # are warnings, the retries in between are info
+            if state.failures == 1:
+                log.warning("%s (retry in %g s)", exc, backoff)
+            else:
+                log.info("%s (%d failed polls in a row; retry in %g s)", exc, state.failures, backoff)
             self.watch.missed(dev, self.clock.now())
             return
         except Exception:  # a bug in one device's path must not stop the bus
@@ -228,6 +233,9 @@ class Agent:
             state.failures += 1
             state.next_due = self.clock.now() + self.config.max_backoff_s
             return
+        if state.failures:
+            log.warning("%s answers again after %d failed poll%s", dev.name, state.failures,
+                        "" if state.failures == 1 else "s")
         state.failures = 0
         state.ok += 1
         if len(state.poll_times) < state.MAX_KEPT_TIMES:

@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -113,8 +114,8 @@ def demo(
     broker: Annotated[str | None, typer.Option(help="Use this MQTT broker (HOST:PORT) instead of the embedded one.")] = None,
     store: Annotated[str | None, typer.Option(help="Store URL: sqlite:///FILE or influxdb://HOST:PORT/BUCKET?org=..&token=.. (default: temporary SQLite).")] = None,
     hours: Annotated[float, typer.Option(min=1, help="Simulated hours to run.")] = 48.0,
-    speed: Annotated[float, typer.Option(min=1, help="Simulated seconds per real second (1440 = a day a minute).")] = 1440.0,
-    seed: Annotated[int, typer.Option(help="Scenario seed.")] = 1,
+    speed: Annotated[float, typer.Option(min=1, max=2880, help="Simulated seconds per real second (1440 = a day a minute; above 2880 the agent misses polls on a small machine).")] = 1440.0,
+    seed: Annotated[int, typer.Option(min=0, help="Scenario seed.")] = 1,
     report: Annotated[Path | None, typer.Option(help="Write alerts, truth and metrics as JSON here.")] = None,
     mqtt_protocol: Annotated[str, typer.Option("--mqtt-protocol", help="3.1.1 or 5 (the embedded broker speaks 3.1.1).")] = "3.1.1",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -132,7 +133,7 @@ def demo(
         broker=_host_port(broker, "--broker") if broker else None,
     )
     console.print(
-        f"flylead demo: {hours:g} simulated hours at {speed:g}x "
+        f"flylead demo: {hours:g} simulated hour{'' if hours == 1 else 's'} at {speed:g}x "
         f"(about {hours * 3600 / speed:.0f} s), seed {seed}, "
         f"broker {'embedded' if broker is None else broker}, store {store or 'embedded SQLite'}"
     )
@@ -156,8 +157,8 @@ def demo(
         truth.add_row(s["household"], s["start"], s["end"], f"{s['energy_kwh']:.2f}")
     console.print(truth)
     m = result.metrics
-    def score(value: float, n: int) -> str:  # nothing to score: say so rather than 1.000
-        return f"{value:.3f}" if n else "n/a"
+    def score(value: float | None, n: int) -> str:  # nothing to score: say so rather than 1.000
+        return f"{value:.3f}" if n and value is not None else "n/a"
 
     console.print(f"e-bike charging vs ground truth: precision {score(m['precision'], m['tp'] + m['fp'])}  "
                   f"recall {score(m['recall'], m['tp'] + m['fn'])}  f1 {score(m['f1'], m['tp'] + m['fp'] + m['fn'])}  "
@@ -523,7 +524,7 @@ def evaluate_cmd(
     corpus: Annotated[str, typer.Option("--corpus", help="Comma-separated corpora: sim, sim15, uci, uci15, uci-neg, uci15-neg.")] = "sim,sim15,uci,uci15,uci-neg,uci15-neg",
     method: Annotated[str, typer.Option("--method", help="Comma-separated methods: flylead, threshold, pelt.")] = "flylead,threshold,pelt",
     uci_replicas: Annotated[int, typer.Option("--uci-replicas", min=1, max=1000, help="Replicas of the real UCI household (each 4.3 days, its own injected sessions and polls).")] = 20,
-    uci_seed: Annotated[int, typer.Option("--uci-seed", help="Seed of the UCI injections and polls.")] = 1,
+    uci_seed: Annotated[int, typer.Option("--uci-seed", min=0, help="Seed of the UCI injections and polls.")] = 1,
     uci_window: Annotated[str, typer.Option("--uci-window", help="Local hours the UCI sessions start in, FROM-TO (e.g. 19-23.5; TO may pass 24).")] = "19-23.5",
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Processes (one job per corpus and method).")] = 1,
     draws: Annotated[int, typer.Option("--draws", min=1, max=50, help="Poll draws per seed of the sim corpus (each polls the same homes at other instants).")] = 5,
@@ -558,8 +559,8 @@ def evaluate_cmd(
                       f"{c['household_days']} household-days, {c['household_weeks']:.1f} household-weeks")
         for m, r in c["methods"].items():
             if r["status"] != "ok":
-                console.print(f"  {m}: {r['status']} ({r['error']})")
-    console.print(f"{result['seconds']:.0f} s")
+                console.print(f"  {m}: {r['status']} ({escape(str(r['error']))})")
+    console.print(f"evaluated in {result['seconds']:.0f} s")
     if json_out is not None:
         try:
             write_json(result, json_out)

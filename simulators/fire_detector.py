@@ -380,7 +380,7 @@ def fire_scenario(start: float, hours: float = 48.0, *, seed: int = 1, device: s
     Day 0 is the local date of ``start``.  Times are local; an event outside the period is
     left out:
 
-    * silence: day 0 16:00-16:10;
+    * silence: day 0 16:00-16:30 (the detector's supply switched off for half an hour);
     * rain on an outdoor lead: during the first charging session of ``charging`` (default
       day 0 21:00 - day 1 05:00), rain 40 min after it starts;
     * sensor fault (``fault_temperature_sensor.3``): day 1 10:00-10:30;
@@ -409,7 +409,7 @@ def fire_scenario(start: float, hours: float = 48.0, *, seed: int = 1, device: s
             sim.rain_on_outdoor_lead(a, b, a + 2400.0)
         else:
             sim.charging_session(a, b)
-    for kind, a, b in (("silence", _local(day0, 0, 16.0), _local(day0, 0, 16.0 + 1 / 6)),
+    for kind, a, b in (("silence", _local(day0, 0, 16.0), _local(day0, 0, 16.5)),
                        ("fault", _local(day0, 1, 10.0), _local(day0, 1, 10.5)),
                        ("overload", _local(day0, 1, 14.0), _local(day0, 1, 15.0))):
         if not inside(a, b):

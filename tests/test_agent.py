@@ -1,6 +1,7 @@
 """The agent polls real Modbus TCP meter simulators and isolates a dead device."""
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -24,11 +25,12 @@ def gaps(times: list[float]) -> np.ndarray:
     return np.diff(np.asarray(times))
 
 
-def test_dead_device_delays_others_by_at_most_its_timeout(mosquitto):
+def test_dead_device_delays_others_by_at_most_its_timeout(mosquitto, caplog):
     """Three meters share one bus (a Modbus TCP gateway); one goes silent half-way.
 
     Clock speed 1, so clock seconds are real seconds and timeouts compare directly.
     """
+    caplog.set_level(logging.INFO, logger="flylead.agent")
     start = time.time()
     clock = SimClock(start, speed=1.0)
 
@@ -82,6 +84,10 @@ def test_dead_device_delays_others_by_at_most_its_timeout(mosquitto):
     assert set(values["m3"]) == {300.0}
     assert {round(v, 3) for v in values["m4"]} == {400.0}  # DDSU666: float32 kW * 1000
     assert values["m2"] and set(values["m2"]) == {200.0}
+    # the log says when it went silent (one warning), the retries after that are info
+    about_m2 = [r for r in caplog.records if "m2" in r.getMessage() and "no answer" in r.getMessage()]
+    assert [r.levelno for r in about_m2] == [logging.WARNING] + [logging.INFO] * (len(about_m2) - 1)
+    assert len(about_m2) == m2.errors["DeviceTimeout"]
 
 
 class SteppableClock(SimClock):

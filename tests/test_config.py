@@ -62,6 +62,22 @@ def test_config_errors_name_file_key_and_problem(tmp_path, text, message):
     assert message in str(err.value)
 
 
+def test_tls_ca_file_is_checked_at_load(tmp_path):
+    """A CA bundle that is missing or not PEM is named by check-config (exit 2), not found
+    later as a traceback inside paho when the agent connects."""
+    base = "gateway = 'gw1'\nbuses = []\ndevices = []\n[mqtt]\ntls = true\nca_file = '{}'\n"
+    path = tmp_path / "c.toml"
+    path.write_text(base.format(tmp_path / "none.crt"))
+    res = run_cli("check-config", str(path))
+    assert res.returncode == 2
+    assert f"{path}: mqtt.ca_file: Value error, no such file: {tmp_path / 'none.crt'}" in res.stderr
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    path.write_text(base.format(junk))
+    with pytest.raises(ConfigError, match=r"mqtt.ca_file: .*junk.crt is not a readable PEM certificate file"):
+        load_config(path)
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config("/nonexistent/flylead.toml")
