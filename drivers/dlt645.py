@@ -985,7 +985,9 @@ class Dlt645Client:
             )
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             # termios.error is not an OSError: a port (or pty) refusing the line settings
-            raise DriverError(f"{who}: cannot open serial port {self.port} ({exc})") from None
+            what = ("cannot connect to" if self.port.startswith(("socket://", "rfc2217://"))
+                    else "cannot open serial port")
+            raise DriverError(f"{who}: {what} {self.port} ({exc})") from None
         return self._serial
 
     def _close_sync(self) -> None:

@@ -107,6 +107,7 @@ def _logging(verbose: bool, as_json: bool = False) -> None:
     handler.setFormatter(_JsonFormatter() if as_json else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    logging.getLogger("pymodbus").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 @app.command()
@@ -505,17 +506,25 @@ def bus_scan(
         typer.echo(f"id {hit.device_id}: {hit.best} ({best.checked} values plausible: {shown})")
 
 
+#: Most scenario seeds one ``evaluate`` takes (each is 8 households x 48 h x the poll draws;
+#: 1000 seeds run for hours).
+MAX_SEEDS = 1000
+
+
 def _seed_range(text: str) -> list[int]:
-    """``"1-20"`` or ``"1,3,5-7"`` -> seeds in order, no repeats."""
-    seeds: list[int] = []
+    """``"1-20"`` or ``"1,3,5-7"`` -> seeds in order, no repeats, at most :data:`MAX_SEEDS`."""
+    seeds: dict[int, None] = {}
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         if not lo.isdigit() or (sep and not hi.isdigit()):
             raise typer.BadParameter(f"--seeds must look like 1-20 or 1,3,5-7, got {text!r}")
-        if sep and int(hi) < int(lo):
+        a, b = int(lo), int(hi if sep else lo)
+        if b < a:
             raise typer.BadParameter(f"--seeds: the range {part.strip()} runs backwards (write {hi}-{lo})")
-        seeds.extend(s for s in range(int(lo), int(hi if sep else lo) + 1) if s not in seeds)
-    return seeds
+        if b - a + 1 + len(seeds) > MAX_SEEDS:
+            raise typer.BadParameter(f"--seeds: at most {MAX_SEEDS} seeds, got more in {text!r}")
+        seeds.update(dict.fromkeys(range(a, b + 1)))
+    return list(seeds)
 
 
 @app.command("evaluate")
@@ -691,6 +700,9 @@ _register_server_commands()
 
 def main() -> None:
     """Console-script entry point."""
+    # our drivers turn pymodbus's failures into one clear error each; its own log lines
+    # ("Failed to connect ...") would say the same thing again, less clearly (-v shows them)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     app()
 
 

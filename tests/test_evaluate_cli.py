@@ -253,6 +253,8 @@ def test_evaluate_rejects_unknown_names():
     assert res.exit_code == 2 and "unknown corpus" in res.output
     res = CliRunner().invoke(app, ["evaluate", "--seeds", "5-1"])
     assert res.exit_code == 2
+    res = CliRunner().invoke(app, ["evaluate", "--seeds", "1-100000000"])  # refused at once
+    assert res.exit_code == 2 and "at most 1000 seeds" in res.output
 
 
 def test_evaluate_option_mistakes_are_named(tmp_path):
