@@ -7,7 +7,8 @@ else CSV, gzip included) with the columns ``meter_id``, ``timestamp`` and exactl
 * ``energy_kwh``: energy (kWh) in the interval *ending* at the timestamp;
 * ``register_kwh``: the cumulative energy register (kWh).
 
-Other columns are ignored.  ``timestamp`` is ISO 8601 text (``2026-11-27T20:15:00Z``,
+Other columns are ignored; names are matched with surrounding spaces stripped, and a column
+read that appears twice in the header is an error.  ``timestamp`` is ISO 8601 text (``2026-11-27T20:15:00Z``,
 ``...+08:00``, ``2026-11-27 20:15:00``; up to nanoseconds) or, in Parquet, a timestamp
 column; a timestamp without an offset is UTC unless ``tz`` names its zone (then ambiguous
 and non-existent local times at a DST change take the earlier instant; the duplicates that
@@ -39,10 +40,11 @@ files need ~20 B per row of temporary disk (``tmp_dir``).
 What is done with awkward rows (every row not used is counted, per reason, in
 :class:`ScanReport`; nothing is dropped silently):
 
-* malformed text (a timestamp that is not ISO 8601, a value that is not a number, a row
-  with the wrong number of fields) is an error naming the file, line and column
+* malformed text (a timestamp that is not ISO 8601 or outside 1677-09-21 to 2262-04-11, the
+  range of int64 ns; a value that is not a number as pyarrow reads one, :data:`_NUMBER_RE`;
+  a row with the wrong number of fields) is an error naming the file, line and column
   (:class:`ScanError`), or, with ``skip_malformed``, counted;
-* an empty ``meter_id``, ``timestamp`` or value (a value of ``NA``, ``N/A``, ``NaN``,
+* an empty or whitespace-only ``meter_id``, ``timestamp`` or value (a value of ``NA``, ``N/A``, ``NaN``,
   ``null`` and pyarrow's other null markers is missing too), an infinite value, a negative energy or
   register: counted (``missing meter_id`` ...);
 * rows out of time order: tolerated (sorted; counted in ``notes`` as ``out_of_order``);
@@ -174,8 +176,23 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 
 
+def _select(path: Path, raw: list[str], line: int | None) -> tuple[str, list[str]]:
+    """The quantity column and the raw header names of ``meter_id``, ``timestamp`` and the
+    quantity (names are matched with surrounding spaces stripped: `` power_w `` is
+    ``power_w``; the readers select by the raw name), or ScanError."""
+    names = [n.strip() for n in raw]
+    quantity = _pick_quantity(path, names, line)
+    return quantity, [raw[names.index(c)] for c in (*COLUMNS, quantity)]
+
+
 def _pick_quantity(path: Path, names: list[str], line: int | None) -> str:
     """The one quantity column among ``names``, or ScanError."""
+    for col in (*COLUMNS, *QUANTITIES):
+        where = [i + 1 for i, n in enumerate(names) if n == col]
+        if len(where) > 1:
+            fields = ", ".join(map(str, where[:-1])) + f" and {where[-1]}"
+            raise ScanError(path, line, col, f"appears {len(where)} times in the header (fields {fields}); "
+                            "rename or remove all but one")
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise ScanError(path, line, missing[0], f"missing; the header has {names}")
@@ -223,8 +240,7 @@ class _Reader:
                 self._pf = pq.ParquetFile(path)
             except (pa.ArrowException, OSError) as exc:
                 raise ScanError(path, None, None, f"not a readable Parquet file ({exc})") from None
-            names = self._pf.schema_arrow.names
-            self.quantity = _pick_quantity(path, names, None)
+            self.quantity, self._cols = _select(path, self._pf.schema_arrow.names, None)
             self.total_rows = self._pf.metadata.num_rows
         else:
             with _open_binary(path) as f:
@@ -239,9 +255,9 @@ class _Reader:
             except UnicodeDecodeError as exc:
                 raise ScanError(path, 1, None, _utf8_problem(head, exc) + " (a binary file? "
                                 "the input must be UTF-8 CSV, gzip CSV, or Parquet named .parquet/.pq)") from None
-            names = [n.strip() for n in next(csv.reader([header]), [])]
-            self.quantity = _pick_quantity(path, names, 1)
-            self._names = names
+            raw = next(csv.reader([header]), [])
+            self.quantity, self._cols = _select(path, raw, 1)
+            self._names = [n.strip() for n in raw]
             self._raw = open(path, "rb")  # noqa: SIM115 (closed in close())
             gz = self._raw.read(2) == b"\x1f\x8b"
             self._raw.seek(0)
@@ -282,16 +298,14 @@ class _Reader:
             row += n
 
     def _parquet_batches(self):
-        pa = self.pa
-        cols = ["meter_id", "timestamp", self.quantity]
-        for batch in self._pf.iter_batches(batch_size=self.chunk_rows, columns=cols):
+        for batch in self._pf.iter_batches(batch_size=self.chunk_rows, columns=self._cols):
             yield batch.column(0), batch.column(1), batch.column(2)
 
     def _csv_batches(self):
         import pyarrow.csv as pcsv
 
         pa = self.pa
-        cols = ["meter_id", "timestamp", self.quantity]
+        cols = self._cols   # as spelt in the header (spaces around names kept)
 
         def invalid(row) -> str:
             self.bad_rows.append((row.number, row.text))
@@ -384,8 +398,11 @@ class _Reader:
         pa, pc = self.pa, _pc()
         if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
             ids = pc.cast(ids, pa.string())
-        empty = ids.is_null().to_numpy(zero_copy_only=False) | (pc.utf8_length(ids).to_numpy(zero_copy_only=False) == 0)
-        empty = np.asarray(empty, dtype=bool)
+        # null, empty or whitespace-only (utf8_is_space is false for "")
+        empty = pc.binary_length(ids).to_numpy(zero_copy_only=False) == 0
+        empty |= np.asarray(pc.utf8_is_space(ids).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+        if ids.null_count:
+            empty |= np.asarray(ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         if empty.any():
             self.count("missing meter_id", int(np.count_nonzero(empty & ok)))
             ok &= ~empty
@@ -396,7 +413,11 @@ class _Reader:
         pa, pc = self.pa, _pc()
         typ = ts.type
         if pa.types.is_timestamp(typ):
-            ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
+            try:
+                ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
+            except pa.ArrowInvalid:   # beyond int64 ns
+                ts = self._drop_out_of_range(ts, row, ok)
+                ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
             if typ.tz is None:
                 ns = self._localise(ns)
         elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
@@ -410,6 +431,23 @@ class _Reader:
             self.count("missing timestamp", int(np.count_nonzero(missing)))
             ok &= ~null
         return out
+
+    def _drop_out_of_range(self, ts, row: int, ok: np.ndarray):
+        """A timestamp column (any unit) with the instants nanoseconds cannot hold raised
+        (or, skipping, counted as malformed and nulled)."""
+        pa, pc = self.pa, _pc()
+        typ = ts.type
+        per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[ts.type.unit]
+        raw = pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        bad = (raw < np.iinfo(np.int64).min // per_ns + 1) | (raw > np.iinfo(np.int64).max // per_ns)
+        if not bad.any():
+            raise ScanError(self.path, self._line(row), "timestamp", f"unreadable timestamps ({typ})")
+        try:
+            sample = ts[int(np.flatnonzero(bad)[0])].as_py().isoformat()
+        except (ValueError, OverflowError):   # beyond Python's datetime (year 9999)
+            sample = f"{raw[bad][0]} {ts.type.unit} since 1970"
+        self._malformed("timestamp", OUT_OF_RANGE, row, bad, sample, ok)
+        return pc.if_else(pa.array(bad), pa.scalar(None, ts.type), ts)
 
     def _localise(self, naive):
         pa, pc = self.pa, _pc()
@@ -433,10 +471,10 @@ class _Reader:
                 return self._localise(pc.cast(ts, naive))
             except pa.ArrowInvalid:
                 pass
-        # mixed: with and without an offset, or malformed somewhere
+        # mixed: with and without an offset, or malformed or whitespace-only (missing) somewhere
         off = np.asarray(pc.match_substring_regex(ts, _OFFSET_RE).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
         out = np.zeros(len(ts), dtype=np.int64)
-        null = np.asarray(ts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        null = np.asarray(pc.equal(ts, "").fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
         for mask, typ in ((off, utc), (~off & ~null, naive)):
             if not mask.any():
                 continue
@@ -452,7 +490,8 @@ class _Reader:
                     except pa.ArrowInvalid:
                         bad[idx[j]] = True
                 sample = ts[int(np.flatnonzero(bad)[0])].as_py()
-                self._malformed("timestamp", "not an ISO 8601 date and time", row, bad, sample, ok)
+                reason = OUT_OF_RANGE if _iso_seconds(sample, typ.tz) else "not an ISO 8601 date and time"
+                self._malformed("timestamp", reason, row, bad, sample, ok)
                 null |= bad
                 keep = mask & ~bad
                 if not keep.any():
@@ -473,17 +512,23 @@ class _Reader:
             try:
                 num = pc.cast(vs, pa.float64())
             except pa.ArrowInvalid:
-                bad = np.zeros(len(vs), dtype=bool)
-                for j, text in enumerate(vs.to_pylist()):
-                    if text is None:
-                        continue
-                    try:
-                        float(text)
-                    except ValueError:
-                        bad[j] = True
-                sample = vs[int(np.flatnonzero(bad)[0])].as_py()
-                self._malformed(col, "not a number", row, bad, sample, ok)
-                num = pc.cast(pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), vs), pa.float64())
+                # whitespace-only is empty, i.e. missing; then the cells pyarrow will not read
+                # (found with _NUMBER_RE, which accepts what pyarrow's cast accepts: never
+                # Python's float(), which also takes 1_000 and non-ASCII digits)
+                none = pa.scalar(None, pa.string())
+                vs = pc.if_else(pc.equal(vs, ""), none, vs)
+                bad = ~np.asarray(pc.match_substring_regex(vs, _NUMBER_RE).fill_null(True)
+                                  .to_numpy(zero_copy_only=False), dtype=bool)
+                try:
+                    num = pc.cast(pc.if_else(pa.array(bad), none, vs) if bad.any() else vs, pa.float64())
+                except pa.ArrowInvalid:   # a cell _NUMBER_RE passes but pyarrow refuses: ask pyarrow
+                    bad |= np.array([x is not None and not _arrow_number(x) for x in vs.to_pylist()], dtype=bool)
+                    num = None
+                if bad.any():
+                    sample = vs[int(np.flatnonzero(bad)[0])].as_py()
+                    self._malformed(col, "not a number", row, bad, sample, ok)
+                if num is None:
+                    num = pc.cast(pc.if_else(pa.array(bad), none, vs), pa.float64())
         elif pa.types.is_integer(vs.type) or pa.types.is_floating(vs.type) or pa.types.is_decimal(vs.type):
             num = pc.cast(vs, pa.float64())
         else:
@@ -506,6 +551,43 @@ def _pc():
     import pyarrow.compute as pc
 
     return pc
+
+
+#: A number as pyarrow's string-to-double cast reads it (checked against pyarrow 26 on
+#: 200,000 random strings): ASCII digits with an optional sign, point and exponent, or
+#: nan / inf / infinity in any case (``nan(...)`` too).  Not ``1_000``, ``١٠٠`` or ``1,5``.
+_NUMBER_RE = (r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+              r"|[nN][aA][nN](?:\([0-9A-Za-z_]*\))?|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)$")
+
+
+def _arrow_number(text: str) -> bool:
+    """Whether pyarrow reads ``text`` as a double (slow: one cast per cell)."""
+    import pyarrow as pa
+
+    try:
+        _pc().cast(pa.array([text]), pa.float64())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+#: Why a timestamp that is a date and time is not usable: int64 nanoseconds since 1970 (pandas,
+#: arrow) reach from 1677-09-21T00:12:43.145224193Z to 2262-04-11T23:47:16.854775807Z.
+OUT_OF_RANGE = "outside the supported range (1677-09-21 to 2262-04-11)"
+
+
+def _iso_seconds(text: str, tz: str | None) -> bool:
+    """Whether ``text`` is an ISO 8601 date and time (with an offset when ``tz``) pyarrow
+    reads at second resolution, i.e. a date and time that failed at nanoseconds only by its
+    range (the fraction of a second is dropped first)."""
+    import pyarrow as pa
+
+    text = re.sub(r"(\d\d:\d\d:\d\d)[.,]\d+", r"\1", text)
+    try:
+        _pc().cast(pa.array([text]), pa.timestamp("s", tz))
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 #: An ISO 8601 time of day followed by a zone offset (``Z``, ``+08``, ``+0800``, ``+08:00``).

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from flylead.cli import app
-from flylead.scanfile import ScanError, scan_file
+from flylead.scanfile import _NUMBER_RE, ScanError, _arrow_number, scan_file
 from simulators.loads import household_trace
 from simulators.scenario import DEFAULT_START
 
@@ -365,3 +367,124 @@ def test_household_tz_does_not_follow_tz(tmp_path, home):
     expect = _sessions(tmp_path / "a.csv")
     assert len(expect) == 1      # with the night-time feature in UTC there is none
     assert _sessions(tmp_path / "b.csv") == expect == _sessions(tmp_path / "c.csv")
+
+
+# ----------------------------------------------------------------------------- a new user's trial
+
+
+@pytest.mark.parametrize("value", ["1_000", "0_0", "١٠٠"])
+def test_numbers_python_reads_but_pyarrow_does_not_are_malformed(tmp_path, value):
+    """float() takes 1_000, 0_0 and Arabic-Indic digits, pyarrow does not: the cell is named
+    like any other non-number (it once crashed with an IndexError), or counted when skipping."""
+    src = tmp_path / "v.csv"
+    src.write_text(f"meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,{value}\nm1,2026-11-27T00:01:00Z,1e3\n"
+                   "m1,2026-11-27T00:02:00Z,+.5\n")
+    res = _cli(src, "--out", tmp_path / "out.csv")
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)
+    assert res.output == f"error: {src}:2: column 'power_w': not a number: {value!r}\n"
+    report = scan_file(src, tmp_path / "out.csv", skip_malformed=True)
+    assert (report.rows_read, report.rows_used) == (3, 2)
+    assert dict(report.unusable) == {"malformed power_w": 1}
+
+
+def test_number_pattern_agrees_with_pyarrow():
+    """The pattern that finds the cells pyarrow's cast refuses accepts exactly what it accepts."""
+    rng = random.Random(7)
+    alphabet = "0123456789.eE+-_naifty() ١,x"
+    texts = ["1", "1.", ".5", ".", "+.5", "1e5", "1E-5", "1e", "e5", "00012", "1e500", "-0", "NaN", "-nan", "INF",
+             "-Infinity", "infinit", "nan(12_a)", "snan", "0x10", "1,5", "1_000", "١٠٠", "１", "1.2.3", "+-1"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(5000)]
+    ours = pc.match_substring_regex(pa.array(texts), _NUMBER_RE).to_pylist()
+    assert [t for t, m in zip(texts, ours) if m != _arrow_number(t)] == []
+
+
+@pytest.mark.parametrize("header", [" meter_id , timestamp , power_w ", "meter_id,timestamp,power_w ",
+                                    '"meter_id ",\ttimestamp,power_w'])
+def test_header_with_spaces_around_names_reads_like_a_clean_one(tmp_path, home, header):
+    t, p, _ = home
+    clean = _write_csv(tmp_path / "clean.csv", _rows(t, p, "power_w"), "power_w")
+    text = clean.read_text()
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text(header + "\n" + text.split("\n", 1)[1])
+    expect = scan_file(clean, tmp_path / "clean.out.csv")
+    got = scan_file(spaced, tmp_path / "spaced.out.csv")
+    assert (got.rows_read, got.rows_used, got.meters, got.sessions) == (2160, 2160, 1, 1)
+    assert (got.rows_used, got.sessions) == (expect.rows_used, expect.sessions)
+    assert _sessions(tmp_path / "spaced.out.csv") == _sessions(tmp_path / "clean.out.csv")
+    res = _cli(spaced, "--out", tmp_path / "cli.csv")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli.csv").read_text() == (tmp_path / "clean.out.csv").read_text()
+
+
+def test_parquet_column_names_with_spaces_are_matched(tmp_path):
+    table = pa.table({" meter_id": ["m1", "m2"], "timestamp ": ["2026-11-27T00:00:00Z"] * 2, " power_w ": [1.0, 2.0]})
+    pq.write_table(table, tmp_path / "in.parquet")
+    report = scan_file(tmp_path / "in.parquet", tmp_path / "out.csv")
+    assert (report.rows_read, report.rows_used, report.meters, report.quantity) == (2, 2, 2, "power_w")
+
+
+@pytest.mark.parametrize(("header", "column", "problem"), [
+    ("meter_id,timestamp,power_w,power_w", "power_w", "appears 2 times in the header (fields 3 and 4)"),
+    ("meter_id,timestamp, meter_id,power_w", "meter_id", "appears 2 times in the header (fields 1 and 3)"),
+    ("timestamp,meter_id,timestamp,power_w,timestamp", "timestamp",
+     "appears 3 times in the header (fields 1, 3 and 5)"),
+])
+def test_duplicate_columns_are_an_error(tmp_path, header, column, problem):
+    src = tmp_path / "dup.csv"
+    src.write_text(header + "\n" + ",".join(["m1"] * header.count(",")) + ",1\n")
+    with pytest.raises(ScanError) as err:
+        scan_file(src, tmp_path / "out.csv")
+    assert (err.value.line, err.value.column) == (1, column)
+    assert err.value.problem == problem + "; rename or remove all but one"
+    res = _cli(src, "--out", tmp_path / "out.csv")
+    assert res.exit_code == 2
+    assert res.output == f"error: {src}:1: column {column!r}: {problem}; rename or remove all but one\n"
+
+
+def test_duplicate_columns_the_scan_ignores_are_fine(tmp_path):
+    """Columns the scan does not read may repeat (two notes, or the empty names of trailing commas)."""
+    src = tmp_path / "in.csv"
+    src.write_text("meter_id,note,timestamp,power_w,note,,\nm1,a,2026-11-27T00:00:00Z,5,b,,\n")
+    report = scan_file(src, tmp_path / "out.csv")
+    assert (report.rows_read, report.rows_used, report.meters) == (1, 1, 1)
+
+
+def test_whitespace_only_cells_are_missing(tmp_path):
+    """A cell of spaces or tabs is empty, i.e. missing, in every column, never malformed."""
+    src = tmp_path / "ws.csv"
+    src.write_text("meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z, \nm1,2026-11-27T00:01:00Z,\t\n"
+                   " ,2026-11-27T00:02:00Z,1\nm1,  ,1\nm1,2026-11-27T00:04:00Z,1\nm1,2026-11-27T00:05:00Z,\n")
+    res = _cli(src, "--out", tmp_path / "out.csv", "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert "0 sessions from 1 meter (1 of 6 rows used, power_w)" in res.output
+    assert json.loads((tmp_path / "r.json").read_text())["unusable"] == {
+        "missing meter_id": 1, "missing power_w": 3, "missing timestamp": 1}
+
+
+@pytest.mark.parametrize(("stamp", "problem"), [
+    ("1600-01-01T00:00:00Z", "outside the supported range (1677-09-21 to 2262-04-11)"),
+    ("2300-01-01T00:00:00Z", "outside the supported range (1677-09-21 to 2262-04-11)"),
+    ("2300-01-01 00:00:00.123456789", "outside the supported range (1677-09-21 to 2262-04-11)"),
+    ("2300-13-01T00:00:00Z", "not an ISO 8601 date and time"),
+])
+def test_timestamps_outside_the_nanosecond_range_are_named_so(tmp_path, stamp, problem):
+    src = tmp_path / "t.csv"
+    src.write_text(f"meter_id,timestamp,power_w\nm1,2026-11-27T00:00:00Z,1\nm1,{stamp},1\n")
+    res = _cli(src, "--out", tmp_path / "out.csv")
+    assert res.exit_code == 2
+    assert res.output == f"error: {src}:3: column 'timestamp': {problem}: {stamp!r}\n"
+    report = scan_file(src, tmp_path / "out.csv", skip_malformed=True)
+    assert dict(report.unusable) == {"malformed timestamp": 1}
+
+
+def test_parquet_timestamps_outside_the_nanosecond_range_are_named_so(tmp_path):
+    stamps = pa.array([datetime(2026, 11, 27), datetime(1600, 1, 1), datetime(2026, 11, 27, 0, 1)],
+                      type=pa.timestamp("us", "UTC"))
+    table = pa.table({"meter_id": ["m1"] * 3, "timestamp": stamps, "power_w": [1.0] * 3})
+    pq.write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(ScanError) as err:
+        scan_file(tmp_path / "t.parquet", tmp_path / "out.csv")
+    assert str(err.value) == (f"{tmp_path / 't.parquet'}:2: column 'timestamp': outside the supported range "
+                              "(1677-09-21 to 2262-04-11): '1600-01-01T00:00:00+00:00'")
+    report = scan_file(tmp_path / "t.parquet", tmp_path / "out.csv", skip_malformed=True)
+    assert (report.rows_used, dict(report.unusable)) == (2, {"malformed timestamp": 1})
