@@ -183,6 +183,56 @@ def test_busy_corpus_regression_floor(capsys):
     assert tp / (tp + fp) >= 0.77
 
 
+def _polled(seed: int, draw: int, household: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """One household of ``demo_scenario(seed)`` under poll draw ``draw`` (evaluate's draws:
+    one generator shared by the households in order) and its true sessions."""
+    sc = demo_scenario(seed=seed)
+    rng = np.random.default_rng(seed if draw == 0 else [seed, draw])
+    for trace in sc.traces:
+        t, p = poll(trace, rng)
+        if trace.household == household:
+            return t, p, [s for s in sc.truth if s.household == household]
+    raise AssertionError(household)
+
+
+def _score(t, p, truth, settings: DetectorSettings) -> tuple[int, int]:
+    found = [Found(truth[0].household, s.start, s.end, s.energy_kwh)
+             for s in detect_sessions(t, p, settings, tz="Asia/Shanghai")]
+    m = match_sessions(found, truth)
+    return m.tp, m.fp
+
+
+def test_level_at_the_taper_top_is_the_median_of_its_last_20_min():
+    """Seed 6, draw 0, h05: one bin at the taper's onset reads the charger's level wrong and
+    the session starts at the wrong step (tp 0, fp 1); the 20-minute median finds it."""
+    t, p, truth = _polled(6, 0, "h05")
+    assert _score(t, p, truth, DetectorSettings()) == (1, 0)
+    assert _score(t, p, truth, DetectorSettings(level_window_s=0.0)) == (0, 1)
+
+
+def test_of_two_equally_fitting_switch_ons_the_later_is_taken():
+    """Seed 2, draw 1, h02: both sessions found with the plateau prior; without it one starts
+    at an earlier lamp of the same size (tp 1, fp 1)."""
+    t, p, truth = _polled(2, 1, "h02")
+    assert _score(t, p, truth, DetectorSettings()) == (2, 0)
+    assert _score(t, p, truth, DetectorSettings(plateau_cost_per_h=0.0)) == (1, 1)
+
+
+def test_rank_switch_ons_costs_plateau_hours():
+    """Two up-steps of the same size (z = 0 each), 3 h and 1 h before the taper's onset at
+    bin 300: without the prior they tie; at 0.6 per hour the later one costs 1.2 less."""
+    edges = [steps.Edge(120, 121, 150.0), steps.Edge(240, 241, 150.0)]
+    exp = switch_on.Expectation("lithium", 150.0, 10.0, 156.0)
+    kw = dict(grid_s=60.0, taper_wh=50.0, tail_wh={"lithium": 0.0, "lead_acid": 0.0}, max_z=3.0,
+              merged_factor=1.4, merged_max_w=650.0, pairing_bins=360, pair_match=(0.15, 10.0),
+              energy_soft_kwh=5.0, energy_width_kwh=0.5, used=set())
+    flat = switch_on.rank_switch_ons(edges, 0, 280, 300, [exp], **kw)
+    assert [c.score for c in flat] == [0.0, 0.0]
+    ranked = switch_on.rank_switch_ons(edges, 0, 280, 300, [exp], plateau_cost_per_h=0.6, **kw)
+    assert [c.k for c in ranked] == [240, 120]
+    assert [round(c.score, 9) for c in ranked] == [0.6, 1.8]
+
+
 # ----------------------------------------------------------------------------- building blocks
 
 
