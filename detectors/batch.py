@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detectors.charging import ChargingSession, DetectorSettings, detect_sessions
+from detectors.charging import ChargingSession, DetectorSettings, detect_sessions, gradual_fall
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +189,7 @@ def _lasting_fall(x: np.ndarray, s: DetectorSettings, sc: ScreenSettings) -> np.
     w, win = s.bins(s.trigger_min_s), s.bins(s.trigger_s)
     if m <= w + 1:
         return np.ones(b, dtype=bool)
-    d = np.diff(_running(x, w, np.minimum), axis=1)
-    d[d < -s.trigger_bin_w] = 0.0
-    g = np.concatenate([np.zeros((b, 1), dtype=d.dtype), np.cumsum(d, axis=1)], axis=1)
+    g = gradual_fall(_running(x, w, np.minimum), s.trigger_bin_w)
     head = g[:, :win]
     drop = (np.maximum.accumulate(head, axis=1) - head).max(axis=1)  # windows cut by the start
     if g.shape[1] > win:

@@ -662,6 +662,28 @@ def detect_sessions(
     return out
 
 
+def gradual_fall(lasting: np.ndarray, switch_w: float) -> np.ndarray:
+    """The gradual part of a lasting load's changes, accumulated along the last axis.
+
+    A switch-off falls within a bin or two: a one-bin drop of more than ``switch_w`` (W) is
+    not counted, so what is left falls only where the load tapers (a taper keeps >=
+    min(amplitude, ``switch_w`` / (1 - exp(-1 / tau_bins))) of its fall).  The streaming
+    re-run trigger and the batch screen both measure falls on it.
+
+    Args:
+        lasting: shape (..., k), W: a running minimum of the load (short loads out).
+        switch_w: largest one-bin drop counted (W), > 0.
+
+    Returns:
+        Shape (..., k), same float dtype, W, starting at 0.
+    """
+    d = np.diff(lasting, axis=-1)
+    d[d < -switch_w] = 0.0
+    out = np.zeros_like(lasting)
+    np.cumsum(d, axis=-1, out=out[..., 1:])
+    return out
+
+
 class StreamingDetector:
     """The same core fed one reading at a time, with bounded state.
 
@@ -802,13 +824,7 @@ class StreamingDetector:
         x = self._ring[idx]
         if np.isnan(x).any():
             return True
-        rmin = sliding_window_view(x, w).min(axis=1)
-        # a switch-off falls within a bin or two: a bin's drop over trigger_bin_w is not
-        # counted, so what is left is the gradual part of the fall (a taper keeps
-        # >= min(amplitude, trigger_bin_w / (1 - exp(-1 / tau_bins))) of it)
-        d = np.diff(rmin)
-        d[d < -s.trigger_bin_w] = 0.0
-        gradual = np.r_[0.0, np.cumsum(d)]
+        gradual = gradual_fall(sliding_window_view(x, w).min(axis=1), s.trigger_bin_w)
         return bool(np.max(np.maximum.accumulate(gradual) - gradual) >= s.trigger_fall_w)
 
     def _bins(self) -> np.ndarray:
