@@ -152,12 +152,28 @@ def undone_later(edges: list[Edge], k: int, size_w: float, until: int, rel: floa
     return any(abs(size_w + edges[n].size) <= tol for n in _span(edges, k + 1, until - 1) if edges[n].size < 0)
 
 
+def short_pulse(edges: list[Edge], k: int, size_w: float, height_w: float, lo_bins: int, hi_bins: int,
+                band: float, ratio_lo: float) -> bool:
+    """Whether the up-step of ``size_w`` (W) at bin ``k`` looks like a run of the household's
+    recurring short pulse (a fridge compressor): within ``band`` (share) of its height
+    ``height_w`` (W) and a down-edge starting ``lo_bins``..``hi_bins`` later that takes back
+    ``ratio_lo``..``2 - ratio_lo`` of it.  ``edges`` in time order."""
+    if not abs(size_w / height_w - 1.0) <= band:
+        return False
+    for n in _span(edges, k + lo_bins, k + hi_bins):
+        r = -edges[n].size / size_w
+        if ratio_lo <= r <= 2.0 - ratio_lo:
+            return True
+    return False
+
+
 def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Expectation], *,
                     grid_s: float, taper_wh: float, tail_wh: dict[str, float], max_z: float,
                     merged_factor: float, merged_max_w: float, pairing_bins: int,
                     pair_match: tuple[float, float], energy_soft_kwh: float,
                     energy_width_kwh: float, used: set[int],
-                    plateau_cost_per_h: float = 0.0) -> list[Candidate]:
+                    plateau_cost_per_h: float = 0.0, pulse: tuple[float, int, int, float, float] | None = None,
+                    pulse_cost: float = 0.0) -> list[Candidate]:
     """Switch-ons in bins [lo, hi] before the taper at ``i0``, best first (``edges`` in time
     order, as :func:`detectors.steps.find_edges` gives them).
 
@@ -169,7 +185,10 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
     then the expected step, at a cost of ``max_z / 2``.  Candidates whose mismatch exceeds
     ``max_z`` or whose bin is in ``used`` are dropped.  Each candidate's score (lower is
     better) is :func:`score` plus ``plateau_cost_per_h`` per hour from it to the taper's
-    onset ``i0`` (a prior for the later of two equally fitting switch-ons).
+    onset ``i0`` (a prior for the later of two equally fitting switch-ons), plus
+    ``pulse_cost`` when the step looks like a run of the household's recurring short pulse
+    (:func:`short_pulse` with ``pulse``: height W, shortest and longest run in bins, band,
+    lowest off/on ratio; None when the household has none).
     """
     best: dict[tuple[int, float], Candidate] = {}
     for k, size in candidates(edges, lo, hi):
@@ -187,6 +206,8 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
                 continue
             e = energy_kwh(charger, exp, i0 - k, grid_s, taper_wh, tail_wh)
             cost = score(z, e, energy_soft_kwh, energy_width_kwh) + plateau_cost_per_h * (i0 - k) * grid_s / 3600.0
+            if pulse_cost and pulse is not None and short_pulse(edges, k, size, *pulse):
+                cost += pulse_cost
             cand = Candidate(k, size, charger, exp, z, e, cost)
             if (k, size) not in best or cand.score < best[(k, size)].score:
                 best[(k, size)] = cand
