@@ -566,6 +566,11 @@ def evaluate_cmd(
     for name, c in result["corpora"].items():
         console.print(f"[bold]{name}[/]: {c['note']}; {c['households']} households, "
                       f"{c['household_days']} household-days, {c['household_weeks']:.1f} household-weeks")
+        if "look_alike_starts" in c:
+            la = c["look_alike_starts"]
+            console.print(f"  {la['sessions']} of {la['of']} scenario sessions have a lamp, TV or computer of the "
+                          f"charger's size ({la['tolerance']}) switching on 30-120 min from it: not told apart in "
+                          "active power")
         for m, r in c["methods"].items():
             if r["status"] != "ok":
                 console.print(f"  {m}: {r['status']} ({escape(str(r['error']))})")

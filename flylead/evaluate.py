@@ -32,8 +32,8 @@ import numpy as np
 from detectors.evaluate import false_alarms_per_100_weeks, household_days, household_weeks, match_sessions
 from simulators.corpora import CORPORA, NIGHT_WINDOW_H, Corpus, corpora
 
-__all__ = ["CORPORA", "METHODS", "Detection", "MethodResult", "evaluate", "results_table", "run_method",
-           "write_json"]
+__all__ = ["CORPORA", "METHODS", "Detection", "MethodResult", "evaluate", "look_alikes", "results_table",
+           "run_method", "write_json"]
 
 #: Methods in the order of the table.
 METHODS = ("flylead", "threshold", "pelt")
@@ -166,7 +166,8 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
     Returns:
         JSON-ready dict: ``settings``, ``corpora`` (name -> ``note``, ``kind``,
         ``households``, ``household_days``, ``household_weeks``, ``true_sessions``,
-        ``methods`` (name -> :class:`MethodResult` as a dict)), ``seconds``.
+        ``methods`` (name -> :class:`MethodResult` as a dict), and for the simulated
+        corpora ``look_alike_starts`` (:func:`look_alikes`)), ``seconds``.
 
     Raises:
         ValueError: unknown corpus or method name, no seed, ``replicas`` < 1, ``draws`` < 1.
@@ -191,6 +192,11 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
             "household_weeks": round(household_weeks(spans), 3), "true_sessions": len(c.truth),
             "methods": {},
         }
+    if any(c.name.startswith("sim") for c in built.values()):
+        look = look_alikes(seeds)
+        for name in built:
+            if name.startswith("sim"):
+                out["corpora"][name]["look_alike_starts"] = look
     jobs = [(c, m) for c in built.values() for m in methods]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -213,6 +219,29 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
                                "each shared by a scenario's households"}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def look_alikes(seeds: Sequence[int]) -> dict[str, Any]:
+    """How many of the scenario's true sessions (one copy per seed, whatever the poll
+    draws) have a lamp, TV or computer of the same size switching on 30-120 min from the
+    charger (:func:`simulators.scenario.look_alike_switch_ons`): in active power those starts
+    are not told apart, and taking the look-alike misses the 30-min match.
+
+    Returns:
+        ``{"sessions": n, "of": total, "by_appliance": {name: n}, "window_min": [30, 120],
+        "tolerance": "10 % + 5 W"}``.
+    """
+    from simulators.scenario import look_alike_switch_ons
+
+    n = total = 0
+    by: dict[str, int] = {}
+    for seed in seeds:
+        for _, found in look_alike_switch_ons(seed):
+            total += 1
+            n += bool(found)
+            for app in sorted({a for _, a, _ in found}):
+                by[app] = by.get(app, 0) + 1
+    return {"sessions": n, "of": total, "by_appliance": by, "window_min": [30, 120], "tolerance": "10 % + 5 W"}
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from flylead.clock import parse_iso
-from simulators.loads import APPLIANCES, household_trace
+from simulators.loads import APPLIANCES, household_trace, inject_sessions
 from simulators.replay import uci_trace
 from simulators.trace import LoadTrace, Scenario, TrueSession
 
@@ -107,3 +107,69 @@ def demo_scenario(seed: int = 1, start: float | None = None, hours: float = 48.0
     traces.append(uci_trace("h08", t0, hours, tz=tz))
     truth.sort(key=lambda s: (s.start, s.household))
     return Scenario(start=t0, end=t1, traces=traces, truth=truth, tz=tz)
+
+
+#: Appliances whose switch-on can pass for a charger's (brief: lamps 20-150 W, TVs and
+#: computers 60-200 W; the charger 96-240 W; the ``tv`` model holds TVs and computers), with
+#: the smallest rise in one 10 s sample that is a switch-on (W): a lamp's block is flat and
+#: at least 20 W; a TV or computer draws at least 60 W and its wobble (5-10 %, AR(1))
+#: moves it under 30 W a sample.
+LOOK_ALIKES = {"lighting": 15.0, "tv": 40.0}
+
+
+def look_alike_switch_ons(seed: int = 1, start: float | None = None, hours: float = 48.0,
+                          tz: str = "Asia/Shanghai", *, window_s: tuple[float, float] = (1800.0, 7200.0),
+                          tolerance: tuple[float, float] = (0.10, 5.0)
+                          ) -> list[tuple[TrueSession, list[tuple[float, str, float]]]]:
+    """For each true session of :func:`demo_scenario`, the lamps, TVs and computers that
+    switched on more than ``window_s[0]`` and at most ``window_s[1]`` from the charger, with
+    a step of the same size (within ``tolerance``: share of the charger's step plus W).
+
+    In active power alone such a switch-on and the charger's are symmetric: while both loads
+    stay on until the taper, nothing in the meter's power says which one started the
+    session.  The count bounds what a detector reading active power can score on the
+    corpus: the session match needs the start within 30 min (the default ``window_s[0]``),
+    so a detector that takes such a look-alike misses the session.  Computed from the scenario's
+    own appliance models (each drawn from its own seeded stream), not from a detector.
+
+    Args:
+        seed, start, hours, tz: as :func:`demo_scenario`.
+        window_s: (nearest, farthest) distance (s) from the charger's switch-on at which a
+            look-alike counts, 0 <= nearest < farthest.
+        tolerance: (share, W) of the charger's step within which a step is the same size.
+
+    Returns:
+        ``(session, look_alikes)`` for every true session, in the scenario's truth order;
+        each look-alike ``(UTC epoch s of its switch-on, appliance, its power W)``.  The
+        charger's step is its mean power over its first 30 s.
+
+    Raises:
+        ValueError: ``hours`` not positive, ``window_s`` not 0 <= nearest < farthest.
+    """
+    if not 0 <= window_s[0] < window_s[1]:
+        raise ValueError(f"window_s must be (nearest, farthest) with 0 <= nearest < farthest, got {window_s!r}")
+    sc = demo_scenario(seed, start, hours, tz)
+    out = []
+    for trace in sc.traces:
+        truth = [x for x in sc.truth if x.household == trace.household]
+        if not truth:
+            continue
+        house_seed = seed * 100 + int(trace.household[1:])
+        # the chargers alone: the same draws as the scenario's, on a zero background
+        empty = LoadTrace(trace.household, trace.start, trace.step_s, np.zeros(trace.power_w.size))
+        charger, _ = inject_sessions(empty, [(x.start, x.profile) for x in truth], house_seed)
+        ons: list[tuple[float, str, float]] = []
+        for app, min_w in LOOK_ALIKES.items():
+            comp, _ = household_trace(trace.household, sc.start, hours, house_seed, tz=tz, appliances={app})
+            p = comp.power_w
+            n = max(1, round(30.0 / comp.step_s))
+            ons += [(comp.start + k * comp.step_s, app, float(p[k:k + n].mean() - p[k - 1]))
+                    for k in np.flatnonzero(np.diff(p) >= min_w) + 1]
+        for x in truth:
+            k = trace.index(x.start)
+            n = max(1, round(30.0 / trace.step_s))
+            step = float(charger.power_w[k:k + n].mean())
+            tol = tolerance[0] * step + tolerance[1]
+            out.append((x, [o for o in ons if window_s[0] < abs(o[0] - x.start) <= window_s[1]
+                            and abs(o[2] - step) <= tol]))
+    return out

@@ -246,6 +246,10 @@ def test_evaluate_command_writes_json_with_our_figures(tmp_path):
     assert ours["false_alarms_per_100_household_weeks"] == pytest.approx(100 * fp / (64 / 7))
     neg = data["corpora"]["uci-neg"]
     assert neg["true_sessions"] == 0 and neg["households"] == 1 and neg["household_days"] == 5
+    assert "look_alike_starts" not in neg
+    assert sim["look_alike_starts"] == {"sessions": 2, "of": 10, "by_appliance": {"tv": 2},
+                                        "window_min": [30, 120], "tolerance": "10 % + 5 W"}
+    assert "scenario sessions have a lamp, TV or computer" in res.output
 
 
 def test_evaluate_rejects_unknown_names():

@@ -10,7 +10,7 @@ import pytest
 
 from simulators.loads import household_trace, inject_sessions, lead_acid_session, lithium_session
 from simulators.replay import parse_uci, uci_trace
-from simulators.scenario import DEFAULT_START, demo_scenario
+from simulators.scenario import DEFAULT_START, demo_scenario, look_alike_switch_ons
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 H = 3600.0
@@ -120,3 +120,21 @@ def test_demo_scenario_shape_and_truth():
         hour = datetime.fromtimestamp(s.start, SHANGHAI).hour
         assert 19 <= hour <= 23
     assert len(sc.truth) == 5
+
+
+def test_look_alike_switch_ons_from_the_appliance_models():
+    """Seed 7: h02's first charger (lead-acid) has a TV of 120 W
+    switching on 2 h before it; h06's (19:13) a 128 W lamp 59 min before and a 101 W lamp 12.3
+    min after, the second inside the 30-min match and so not counted by default."""
+    found = look_alike_switch_ons(7)
+    assert [x.household for x, _ in found] == ["h02", "h02", "h05", "h06", "h07"]
+    (h02, first), (_, second), (_, h05), (h06, lamps), (_, h07) = found
+    assert second == h05 == h07 == []
+    ((t, app, w),) = first
+    assert (round((t - h02.start) / 60, 1), app, round(w, 1)) == (-119.8, "tv", 120.5)
+    ((t, app, w),) = lamps
+    assert (round((t - h06.start) / 60, 1), app, round(w, 1)) == (-58.7, "lighting", 128.4)
+    near = look_alike_switch_ons(7, window_s=(0.0, 7200.0))[3][1]
+    assert [(round((t - h06.start) / 60, 1), round(w, 1)) for t, _, w in near] == [(-58.7, 128.4), (12.3, 100.7)]
+    with pytest.raises(ValueError, match="window_s"):
+        look_alike_switch_ons(7, window_s=(3600.0, 1800.0))
