@@ -26,13 +26,23 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """No unknown keys; no silent conversion (``"60"`` or ``true`` for a number, ``1`` for a
+    boolean are errors; a TOML integer for a float is fine); no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _port_in_range(v: str | None) -> str | None:
+    """``HOST:PORT`` with the port 1-65535 (the pattern checks the shape)."""
+    if v is not None and not 1 <= int(v.rpartition(":")[2]) <= 65535:
+        raise ValueError(f"port of {v!r} must be 1-65535")
+    return v
 
 
 class MqttSettings(_Strict):
     """Broker connection.  Credentials and TLS are for deployment (see docs/mqtt.md)."""
 
-    host: str = "127.0.0.1"
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\[\]-]{1,253}$")] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     username: str | None = None
     password: str | None = None
@@ -49,6 +59,8 @@ class MqttSettings(_Strict):
         if v is None:
             return v
         path = Path(v)
+        if path.is_dir():
+            raise ValueError(f"{v} is a directory, not a CA bundle file")
         if not path.is_file():
             raise ValueError(f"no such file: {v}")
         try:
@@ -79,9 +91,18 @@ class BusSettings(_Strict):
     echo: bool = False
     pause_s: Annotated[float, Field(ge=0, le=10)] = 0.0
 
+    @field_validator("tcp", "rtu_tcp")
+    @classmethod
+    def _port(cls, v: str | None) -> str | None:
+        return _port_in_range(v)
+
     @model_validator(mode="after")
     def _one_target(self) -> BusSettings:
         given = [k for k in ("tcp", "rtu_tcp", "serial") if getattr(self, k) is not None]
+        if self.baudrate is not None and self.tcp is not None:
+            raise ValueError(f"bus {self.name!r}: baudrate is for serial lines (rtu_tcp or serial), not tcp")
+        if self.parity is not None and self.tcp is not None:
+            raise ValueError(f"bus {self.name!r}: parity is for serial lines (rtu_tcp or serial), not tcp")
         if len(given) != 1:
             raise ValueError(f"bus {self.name!r}: give exactly one of tcp, rtu_tcp, serial (got {given or 'none'})")
         if self.protocol != "modbus" and self.tcp is not None:
@@ -119,8 +140,8 @@ class DeviceSettings(_Strict):
     #: DL/T 645 meter address (12 digits, or AAAAAAAAAAAA for the only meter on a line).
     address: Annotated[str, Field(pattern=r"^([0-9]{12}|[Aa]{12})$")] | None = None
     household: Name | None = None
-    interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
-    timeout_s: Annotated[float, Field(gt=0, le=30)] = 0.5
+    interval_s: Annotated[float, Field(ge=0.1, le=86_400)] = 60.0
+    timeout_s: Annotated[float, Field(ge=0.01, le=30)] = 0.5
     retries: Annotated[int, Field(ge=0, le=5)] = 0
     #: Household meters: the breaker's rated current (A) for the overload alarm.
     breaker_rating_a: Annotated[float, Field(gt=0, le=1000)] | None = None
@@ -152,9 +173,21 @@ class PileLinkSettings(_Strict):
 class OutboxSettings(_Strict):
     """The durable queue between the agent and the broker (agent/outbox.py)."""
 
-    path: str = "flylead-outbox.sqlite"
+    path: Annotated[str, Field(min_length=1)] = "flylead-outbox.sqlite"
     max_messages: Annotated[int, Field(ge=100, le=10_000_000)] = 200_000
-    commit_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    commit_interval_s: Annotated[float, Field(ge=0.01, le=60)] = 1.0
+
+    @field_validator("path")
+    @classmethod
+    def _durable_place(cls, v: str) -> str:
+        """A file in a folder that exists (relative: to the agent's working folder); the
+        agent creates no folder, so a typo does not leave the queue somewhere unexpected."""
+        path = Path(v)
+        if path.is_dir():
+            raise ValueError(f"{v} is a folder; give the outbox file's name, e.g. {path / 'outbox.sqlite'}")
+        if not path.parent.is_dir():
+            raise ValueError(f"folder {path.parent} does not exist (create it, e.g. the service's state folder)")
+        return v
 
 
 class AgentConfig(_Strict):
@@ -165,12 +198,12 @@ class AgentConfig(_Strict):
     mqtt: MqttSettings = MqttSettings()
     outbox: OutboxSettings = OutboxSettings()
     #: Period of the health messages (clock s): uptime, outbox, per-device bus health.
-    health_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    health_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     buses: list[BusSettings]
     devices: list[DeviceSettings]
     pile_links: list[PileLinkSettings] = []
     #: Longest wait before retrying a device that stopped answering (clock s).
-    max_backoff_s: Annotated[float, Field(gt=0)] = 900.0
+    max_backoff_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0
     #: Publish telemetry every Nth successful poll of a device (the detector sees all).
     telemetry_every: Annotated[int, Field(ge=1, le=1000)] = 1
     #: Spread the devices' first polls evenly over their poll interval (device k of n
@@ -239,8 +272,9 @@ def parse_config(data: dict, source: str = "<config>") -> AgentConfig:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{source}: {key}: {err['msg']}")
+            key = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
         raise ConfigError("\n".join(problems)) from None
 
 

@@ -110,6 +110,8 @@ class Publisher:
         self._client.max_inflight_messages_set(WINDOW)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._connect_failures = 0
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
@@ -143,7 +145,16 @@ class Publisher:
         for topic in topics:  # a clean session forgets subscriptions: make them again
             self._subscribe(topic)
         self.connects += 1
+        self._connect_failures = 0
         log.info("connected to broker %s:%s", self.settings.host, self.settings.port)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """A connection attempt failed (refused, unreachable, TLS): the first one of a run of
+        failures as a warning, the retries after it as info; messages wait in the outbox."""
+        self._connect_failures += 1
+        level = logging.WARNING if self._connect_failures == 1 else logging.INFO
+        log.log(level, "cannot reach broker %s:%s (attempt %d); retrying, at most %d s apart; messages wait in the outbox",
+                self.settings.host, self.settings.port, self._connect_failures, MAX_RECONNECT_DELAY_S)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

@@ -1193,10 +1193,12 @@ class DianchuanPile:
 
     # blocking part (worker thread; the caller holds self._lock)
 
-    def _open_serial(self) -> serial.Serial:
+    def _open_serial(self) -> serial.SerialBase:
         if self._serial is None:
             try:
-                self._serial = serial.Serial(
+                # a device path, or a pyserial URL ("socket://host:port": a transparent
+                # RS-485 gateway, where the line settings are the gateway's)
+                self._serial = serial.serial_for_url(
                     self.port,
                     baudrate=BAUDRATE,
                     bytesize=serial.EIGHTBITS,
@@ -1206,7 +1208,9 @@ class DianchuanPile:
                     write_timeout=self.timeout_s,
                 )
             except (serial.SerialException, OSError, ValueError) as exc:
-                raise DriverError(f"{self._who}: cannot open serial port ({exc})") from None
+                what = ("cannot connect to" if self.port.startswith(("socket://", "rfc2217://"))
+                        else "cannot open serial port")
+                raise DriverError(f"{self._who}: {what} {self.port} ({exc})") from None
             self._scanner.reset()
         return self._serial
 

@@ -121,14 +121,17 @@ def demo(
     mqtt_protocol: Annotated[str, typer.Option("--mqtt-protocol", help="3.1.1 or 5 (the embedded broker speaks 3.1.1).")] = "3.1.1",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run 8 simulated households (two charging e-bikes, one replaying a real household)
-    through meters, agent, MQTT, ingest and store; print the alerts and precision/recall."""
+    """Run 8 simulated households (e-bikes charging in four of them on two nights, one
+    replaying a real household) through meters, agent, MQTT, ingest and store; print the
+    alerts and precision/recall."""
     from flylead.demo import DemoOptions, DemoError, run_demo, write_report
 
     _logging(verbose)
     _check_protocol(mqtt_protocol)
     if report is not None and not report.parent.is_dir():
         raise typer.BadParameter(f"--report: folder {report.parent} does not exist")
+    if report is not None and report.is_dir():
+        raise typer.BadParameter(f"--report: {report} is a folder; give a file name, e.g. {report / 'demo.json'}")
     opts = DemoOptions(
         seed=seed, hours=hours, speed=speed, store_url=store, mqtt_protocol=mqtt_protocol,
         broker=_host_port(broker, "--broker") if broker else None,

@@ -51,6 +51,29 @@ def test_check_config_exit_codes(tmp_path):
          "devices[1] (m2): same bus and device id/address as 'm1'"),
         ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502', serial='/dev/ttyUSB0'}]\ndevices = []\n",
          "give exactly one of tcp, rtu_tcp, serial"),
+        # no silent conversion, no NaN or infinity, no value that would spin the agent
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502'}]\n"
+         "devices = [{name='m1', bus='b', profile='sdm120', interval_s='60'}]\n",
+         "devices.0.interval_s: Input should be a valid number"),
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502'}]\n"
+         "devices = [{name='m1', bus='b', profile='sdm120', interval_s=true}]\n",
+         "devices.0.interval_s: Input should be a valid number"),
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502'}]\n"
+         "devices = [{name='m1', bus='b', profile='sdm120', device_id='1'}]\n",
+         "devices.0.device_id: Input should be a valid integer"),
+        ("gateway = 'gw1'\nspread_polls = 1\nbuses = []\ndevices = []\n", "spread_polls: Input should be a valid boolean"),
+        ("gateway = 'gw1'\nmax_backoff_s = inf\nbuses = []\ndevices = []\n", "max_backoff_s: Input should be a finite number"),
+        ("gateway = 'gw1'\nhealth_interval_s = 1e-300\nbuses = []\ndevices = []\n",
+         "health_interval_s: Input should be greater than or equal to 1"),
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:99999'}]\ndevices = []\n",
+         "buses.0.tcp: port of '127.0.0.1:99999' must be 1-65535"),
+        ("gateway = 'gw1'\nbuses = [{name='b', tcp='127.0.0.1:502', baudrate=9600}]\ndevices = []\n",
+         "bus 'b': baudrate is for serial lines (rtu_tcp or serial), not tcp"),
+        ("gateway = 'gw1'\nbuses = []\ndevices = []\n[mqtt]\nhost = ''\n", "mqtt.host: String should match pattern"),
+        ("gateway = 'gw1'\nbuses = []\ndevices = []\n[outbox]\npath = ''\n", "outbox.path: String should have at least 1"),
+        ("gateway = 'gw1'\nbuses = []\ndevices = []\n[outbox]\npath = '/nonexistent-flylead-dir/o.sqlite'\n",
+         "outbox.path: folder /nonexistent-flylead-dir does not exist"),
+        ("gateway = 'gw1'\nbuses = []\ndevices = []\n[outbox]\npath = '/tmp'\n", "outbox.path: /tmp is a folder"),
     ],
 )
 def test_config_errors_name_file_key_and_problem(tmp_path, text, message):
@@ -70,11 +93,14 @@ def test_tls_ca_file_is_checked_at_load(tmp_path):
     path.write_text(base.format(tmp_path / "none.crt"))
     res = run_cli("check-config", str(path))
     assert res.returncode == 2
-    assert f"{path}: mqtt.ca_file: Value error, no such file: {tmp_path / 'none.crt'}" in res.stderr
+    assert f"{path}: mqtt.ca_file: no such file: {tmp_path / 'none.crt'}" in res.stderr
     junk = tmp_path / "junk.crt"
     junk.write_text("not a certificate\n")
     path.write_text(base.format(junk))
     with pytest.raises(ConfigError, match=r"mqtt.ca_file: .*junk.crt is not a readable PEM certificate file"):
+        load_config(path)
+    path.write_text(base.format(tmp_path))
+    with pytest.raises(ConfigError, match=r"mqtt.ca_file: .* is a directory, not a CA bundle file"):
         load_config(path)
 
 

@@ -521,6 +521,78 @@ def test_unopenable_serial_port_is_a_driver_error() -> None:
     asyncio.run(main())
 
 
+class _TcpToSerial:
+    """A transparent RS-485 gateway: one TCP client on loopback, its bytes relayed both ways
+    to a serial port (here the board's pty), in a thread."""
+
+    def __init__(self, serial_path: str) -> None:
+        import socket
+        import threading
+
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self._srv.getsockname()[1]
+        self._tty = os.open(serial_path, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self._tty)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._srv.settimeout(0.1)
+        conn = None
+        while not self._stop.is_set():
+            if conn is None:
+                try:
+                    conn, _ = self._srv.accept()
+                except OSError:
+                    continue
+            ready, _, _ = select.select([conn, self._tty], [], [], 0.05)
+            if conn in ready:
+                data = conn.recv(4096)
+                if not data:
+                    conn.close()
+                    conn = None
+                    continue
+                os.write(self._tty, data)
+            if self._tty in ready:
+                data = os.read(self._tty, 4096)
+                if conn is not None:
+                    conn.sendall(data)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._srv.close()
+        os.close(self._tty)
+
+
+def test_board_behind_a_tcp_to_rs485_gateway() -> None:
+    """The pile reached as ``socket://host:port`` (a bus with ``rtu_tcp``): the same frames
+    through a transparent gateway; a gateway that refuses is named as a connection error."""
+    clock = SimClock(START, speed=SPEED)
+
+    async def main():
+        with DianchuanBoard(clock=clock, resend_s=0.2) as board:
+            relay = _TcpToSerial(board.path)
+            try:
+                async with DianchuanPile(f"socket://127.0.0.1:{relay.port}", device="pile-gw", clock=clock,
+                                         timeout_s=1.0) as pile:
+                    return (await pile.read_settings()).max_power_w, len(await pile.read_ports())
+            finally:
+                relay.close()
+
+    assert asyncio.run(main()) == (500, 10)
+
+    async def refused():
+        pile = DianchuanPile("socket://127.0.0.1:1", device="pile-gw", clock=clock, timeout_s=0.3)
+        with pytest.raises(DriverError, match="pile-gw .*cannot connect to socket://127.0.0.1:1"):
+            await pile.read_ports()
+
+    asyncio.run(refused())
+
+
 def test_reports_with_sop_66_are_taken_and_echoed_acks_ignored() -> None:
     master, slave = os.openpty()
     tty.setraw(slave)

@@ -94,6 +94,21 @@ def test_unreachable_broker_is_a_clear_error():
         pub.connect(timeout_s=1.0)
 
 
+def test_broker_down_at_start_is_logged_once_as_a_warning(caplog):
+    """An agent started while its broker refuses (``wait=False``: it runs on, the outbox
+    holds the messages) says so: a warning at the first failed attempt, info after it."""
+    pub = Publisher("gwx", MqttSettings(host="127.0.0.1", port=1))
+    with caplog.at_level("INFO", logger="flylead.agent.mqtt"):
+        pub.connect(wait=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len([r for r in caplog.records if "cannot reach" in r.message]) < 2:
+            time.sleep(0.05)
+        pub.close(timeout_s=0.5)
+    tries = [r for r in caplog.records if "cannot reach broker 127.0.0.1:1" in r.message]
+    assert [r.levelname for r in tries[:2]] == ["WARNING", "INFO"]
+    assert "(attempt 1)" in tries[0].message and "messages wait in the outbox" in tries[0].message
+
+
 def test_outbox_full_is_survived_and_nothing_is_lost(mosquitto, tmp_path, caplog):
     """The outbox's disk fills up (SQLite max_page_count): commits fail and are logged with
     the file named, the sender keeps running, and once there is room every message reaches
