@@ -43,13 +43,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _output_problem(path: Path, inputs: tuple[Path, ...] = ()) -> str | None:
-    """Why ``path`` cannot be written (checked before any work), or None."""
+def _output_problem(path: Path, inputs: tuple[Path, ...] = (), outputs: tuple[Path, ...] = ()) -> str | None:
+    """Why ``path`` cannot be written (checked before any work), or None: ``inputs`` are
+    read, ``outputs`` written by the same command."""
     if path.is_dir():
         return "is a directory"
     for src in inputs:
         if _same_file(src, path):
             return f"is the input file {src}; refusing to overwrite it"
+    for other in outputs:
+        if _same_file(other, path):
+            return f"is also the --out file {other}; give another name"
     folder = path.parent
     if not folder.is_dir():
         return f"folder {folder} does not exist"
@@ -71,8 +75,9 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
-def _check_output(path: Path | None, option: str, prefix: str = "error: ", inputs: tuple[Path, ...] = ()) -> None:
-    problem = None if path is None else _output_problem(path, inputs)
+def _check_output(path: Path | None, option: str, prefix: str = "error: ", inputs: tuple[Path, ...] = (),
+                  outputs: tuple[Path, ...] = ()) -> None:
+    problem = None if path is None else _output_problem(path, inputs, outputs)
     if problem:
         _fail(f"{prefix}{option} {path}: {problem}")
 
@@ -645,7 +650,7 @@ def explain_cmd(
 @app.command("scan-file")
 def scan_file_cmd(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Long-format CSV (or .csv.gz) or Parquet: meter_id, timestamp and one of power_w, energy_kwh, register_kwh.")],
-    out: Annotated[Path, typer.Option("--out", help="Sessions: CSV, or JSON when it ends in .json.")],
+    out: Annotated[Path, typer.Option("--out", help="Sessions: CSV (.csv) or JSON (.json).")],
     tz: Annotated[str | None, typer.Option(help="IANA zone of timestamps without an offset (default: UTC).")] = None,
     household_tz: Annotated[str, typer.Option(help="IANA zone of the households' local time, for the night-time feature; independent of --tz, which only says how to read timestamps without an offset.")] = "Asia/Shanghai",
     report: Annotated[Path | None, typer.Option(help="Write the row accounting (rows read, used, unusable per reason) as JSON here.")] = None,
@@ -660,7 +665,9 @@ def scan_file_cmd(
     from flylead.scanfile import ScanError, ScanWriteError, scan_file
 
     _check_output(out, "--out", inputs=(input_path,))
-    _check_output(report, "--report", inputs=(input_path, out))
+    if out.suffix.lower() not in (".csv", ".json"):
+        _fail(f"error: --out {out}: the sessions are written as CSV or JSON; end the name in .csv or .json")
+    _check_output(report, "--report", inputs=(input_path,), outputs=(out,))
     if tmp_dir is not None:
         problem = ("does not exist" if not tmp_dir.exists() else "is not a directory" if not tmp_dir.is_dir()
                    else _folder_problem(tmp_dir))

@@ -282,6 +282,10 @@ def test_unwritable_outputs_are_named_before_the_scan(tmp_path):
         (["--out", tmp_path / "o.csv", "--tmp-dir", tmp_path / "nope"], f"error: --tmp-dir {tmp_path / 'nope'}: does not exist"),
         (["--out", tmp_path / "o.csv", "--tmp-dir", src], f"error: --tmp-dir {src}: is not a directory"),
         (["--out", "/proc/flylead-x.csv"], "error: --out /proc/flylead-x.csv: folder /proc is not writable"),
+        (["--out", tmp_path / "o.parquet"],
+         f"error: --out {tmp_path / 'o.parquet'}: the sessions are written as CSV or JSON; end the name in .csv or .json"),
+        (["--out", tmp_path / "o.csv", "--report", tmp_path / "o.csv"],
+         f"error: --report {tmp_path / 'o.csv'}: is also the --out file {tmp_path / 'o.csv'}; give another name"),
     ]
     for args, message in cases:
         res = _cli(src, *args)
