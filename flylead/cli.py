@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -35,6 +36,24 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(code)
 
+
+
+def _number(lo: float | None = None, hi: float | None = None):
+    """A parser for a float option: finite, and within [lo, hi] where given (a NaN would
+    otherwise fail a range check with a message about the bound)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise typer.BadParameter(f"{text!r} is not a finite number")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            bounds = f"{lo:g} to {hi:g}" if lo is not None and hi is not None else (
+                f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+            raise typer.BadParameter(f"{v:g} is out of range: {bounds}")
+        return v
+    return parse
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
@@ -119,8 +138,8 @@ def _logging(verbose: bool, as_json: bool = False) -> None:
 def demo(
     broker: Annotated[str | None, typer.Option(help="Use this MQTT broker (HOST:PORT) instead of the embedded one.")] = None,
     store: Annotated[str | None, typer.Option(help="Store URL: sqlite:///FILE or influxdb://HOST:PORT/BUCKET?org=..&token=.. (default: temporary SQLite).")] = None,
-    hours: Annotated[float, typer.Option(min=1, help="Simulated hours to run.")] = 48.0,
-    speed: Annotated[float, typer.Option(min=1, max=2880, help="Simulated seconds per real second (1440 = a day a minute; above 2880 the agent misses polls on a small machine).")] = 1440.0,
+    hours: Annotated[float, typer.Option(parser=_number(1), help="Simulated hours to run.")] = 48.0,
+    speed: Annotated[float, typer.Option(parser=_number(1, 2880), help="Simulated seconds per real second (1440 = a day a minute; above 2880 the agent misses polls on a small machine).")] = 1440.0,
     seed: Annotated[int, typer.Option(min=0, help="Scenario seed.")] = 1,
     report: Annotated[Path | None, typer.Option(help="Write alerts, truth and metrics as JSON here.")] = None,
     mqtt_protocol: Annotated[str, typer.Option("--mqtt-protocol", help="3.1.1 or 5 (the embedded broker speaks 3.1.1).")] = "3.1.1",
@@ -293,9 +312,18 @@ def _line_target(tcp: str | None, rtu_tcp: str | None, serial_port: str | None) 
     return kind, target
 
 
-def _line_settings(baud: int | None, parity: str | None, dlt645: bool) -> tuple[int, str]:
+def _line_settings(baud: int | None, parity: str | None, dlt645: bool, kind: str = "serial",
+                   serial_protocol: str | None = None) -> tuple[int, str]:
     """Baud rate and parity: DL/T 645 defaults to 2400 8E1 (domain-facts.md §6), Modbus to
-    9600 8N1 (the bundled meters' setting, domain-facts.md §5)."""
+    9600 8N1 (the bundled meters' setting, domain-facts.md §5).  Refuses line settings for a
+    TCP target (a gateway's serial side is set on the gateway) and ``--tcp`` for a serial
+    protocol (``serial_protocol``: its name), as the agent's configuration does."""
+    if serial_protocol is not None and kind == "tcp":
+        raise typer.BadParameter(f"{serial_protocol} is a serial protocol: use --rtu-tcp (a transparent RS-485 "
+                                 "gateway) or --serial")
+    if kind != "serial" and (baud is not None or parity is not None):
+        raise typer.BadParameter("--baud and --parity set a serial port; behind --tcp or --rtu-tcp the line "
+                                 "settings are the gateway's")
     parity = (parity or ("E" if dlt645 else "N")).upper()
     if parity not in ("N", "E", "O"):
         raise typer.BadParameter(f"--parity must be N, E or O, got {parity!r}")
@@ -312,7 +340,7 @@ def read_device(
     parity: Annotated[str | None, typer.Option("--parity", help="N, E or O (default N; DL/T 645 E).")] = None,
     device_id: Annotated[int | None, typer.Option("--device-id", min=1, max=247, help="Modbus device id (default 1).")] = None,
     address: Annotated[str | None, typer.Option("--address", help="DL/T 645 meter address, 12 digits (default AAAAAAAAAAAA, one meter on the line).")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0.01, max=60.0, help="Reply timeout, s (default 1; DL/T 645 2).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", parser=_number(0.01, 60.0), help="Reply timeout, s (default 1; DL/T 645 2).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print one JSON object {"device", "values": {name: {"value", "unit"}}}.')] = False,
 ) -> None:
     """Read one device once and print its values with units.
@@ -325,7 +353,8 @@ def read_device(
 
     kind, target = _line_target(tcp, rtu_tcp, serial_port)
     dlt645 = profile == "dlt645"
-    baudrate, par = _line_settings(baud, parity, dlt645)
+    baudrate, par = _line_settings(baud, parity, dlt645, kind,
+                                   {"dlt645": "DL/T 645", "dianchuan": "the Dianchuan protocol"}.get(profile))
     clock = WallClock()
     if profile == "dianchuan":
         from drivers.dianchuan import DianchuanPile
@@ -434,8 +463,8 @@ def bus_scan(
     baud: Annotated[int | None, typer.Option("--baud", min=300, max=1_000_000, help="Baud rate (default 9600; DL/T 645 2400).")] = None,
     parity: Annotated[str | None, typer.Option("--parity", help="N, E or O (default N; DL/T 645 E).")] = None,
     protocol: Annotated[str, typer.Option("--protocol", help="modbus or dlt645.")] = "modbus",
-    ids: Annotated[str, typer.Option("--ids", help="Modbus device ids to probe, e.g. 1-247 or 1,3,5-7.")] = "1-247",
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0.01, max=60.0, help="Reply timeout per request, s (default 0.3; DL/T 645 2).")] = None,
+    ids: Annotated[str | None, typer.Option("--ids", help="Modbus device ids to probe, e.g. 1-247 or 1,3,5-7 (default 1-247).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", parser=_number(0.01, 60.0), help="Reply timeout per request, s (default 0.3; DL/T 645 2).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Find the devices on a bus and the profile that fits each.
@@ -452,7 +481,11 @@ def bus_scan(
     if protocol not in ("modbus", "dlt645"):
         raise typer.BadParameter(f"--protocol must be modbus or dlt645, got {protocol!r}")
     kind, target = _line_target(tcp, rtu_tcp, serial_port)
-    baudrate, par = _line_settings(baud, parity, protocol == "dlt645")
+    baudrate, par = _line_settings(baud, parity, protocol == "dlt645", kind,
+                                   "DL/T 645" if protocol == "dlt645" else None)
+    if protocol == "dlt645" and ids is not None:
+        raise typer.BadParameter("--ids is for Modbus; DL/T 645 finds the one meter on the line by its address")
+    ids = ids or "1-247"
     clock = WallClock()
     if protocol == "dlt645":
         from drivers.dlt645 import Dlt645Client

@@ -172,6 +172,11 @@ def test_read_dlt645_json():
         (["--profile", "sdm120", "--serial", "/dev/ttyUSB0", "--parity", "X"], "--parity must be N, E or O"),
         (["--profile", "sdm120", "--serial", "/dev/ttyUSB0", "--device-id", "248"], "--device-id"),
         (["--profile", "sdm120", "--serial", "/dev/ttyUSB0", "--timeout", "0"], "--timeout"),
+        (["--profile", "sdm120", "--serial", "/dev/ttyUSB0", "--timeout", "nan"], "'nan' is not a finite number"),
+        (["--profile", "sdm120", "--tcp", "127.0.0.1:502", "--baud", "19200"], "--baud and --parity set a serial port"),
+        (["--profile", "sdm120", "--rtu-tcp", "127.0.0.1:502", "--parity", "E"], "--baud and --parity set a serial port"),
+        (["--profile", "dlt645", "--tcp", "127.0.0.1:502"], "DL/T 645 is a serial protocol: use --rtu-tcp"),
+        (["--profile", "dianchuan", "--tcp", "127.0.0.1:502"], "the Dianchuan protocol is a serial protocol"),
     ],
 )
 def test_read_bad_arguments_exit_2(args, message):
@@ -234,6 +239,9 @@ def test_bus_scan_dlt645():
         (["--serial", "/dev/ttyUSB0", "--ids", "a"], "--ids must look like"),
         (["--serial", "/dev/ttyUSB0", "--protocol", "bacnet"], "--protocol must be modbus or dlt645"),
         (["--ids", "1"], "give exactly one of --tcp"),
+        (["--serial", "/dev/ttyUSB0", "--protocol", "dlt645", "--ids", "1-3"], "--ids is for Modbus"),
+        (["--tcp", "127.0.0.1:502", "--protocol", "dlt645"], "DL/T 645 is a serial protocol: use --rtu-tcp"),
+        (["--tcp", "127.0.0.1:502", "--baud", "19200"], "--baud and --parity set a serial port"),
     ],
 )
 def test_bus_scan_bad_arguments_exit_2(args, message):
