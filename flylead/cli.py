@@ -592,8 +592,8 @@ def evaluate_cmd(
         window = ()
     if len(window) != 2 or not 0 <= window[0] < window[1] <= 36:
         raise typer.BadParameter(f"--uci-window must be FROM-TO hours, 0 <= FROM < TO <= 36, got {uci_window!r}")
-    names = [c.strip() for c in corpus.split(",")]
-    methods = [m.strip() for m in method.split(",")]
+    names = list(dict.fromkeys(c.strip() for c in corpus.split(",")))    # a name given twice runs once
+    methods = list(dict.fromkeys(m.strip() for m in method.split(",")))
     for option, given, listed in (("--corpus", corpus, names), ("--method", method, methods)):
         if "" in listed:
             raise typer.BadParameter(f"{option}: empty name in {given!r} (comma-separated names, none empty)")
@@ -609,9 +609,12 @@ def evaluate_cmd(
                       f"{c['household_days']} household-days, {c['household_weeks']:.1f} household-weeks")
         if "look_alike_starts" in c:
             la = c["look_alike_starts"]
+            split = "; ".join(f"{m} recalls {r['recall_look_alike']:.2f} of those, {r['recall_other']:.2f} of the others"
+                              for m, r in c["methods"].items()
+                              if r.get("recall_look_alike") is not None and r.get("recall_other") is not None)
             console.print(f"  {la['sessions']} of {la['of']} scenario sessions have a lamp, TV or computer of the "
                           f"charger's size ({la['tolerance']}) switching on 30-120 min from it: not told apart in "
-                          "active power")
+                          f"active power{'; ' + split if split else ''}")
         for m, r in c["methods"].items():
             if r["status"] != "ok":
                 console.print(f"  {m}: {r['status']} ({escape(str(r['error']))})")
@@ -646,6 +649,10 @@ def explain_cmd(
         raise typer.BadParameter("--scenario-seed needs --household (h01-h08)")
     if csv_file is not None and meter is None:
         raise typer.BadParameter("--csv needs --meter ID")
+    if scenario_seed is not None and meter is not None:
+        raise typer.BadParameter("--meter goes with --csv; a scenario household is named by --household")
+    if csv_file is not None and household is not None:
+        raise typer.BadParameter("--household goes with --scenario-seed; a CSV meter is named by --meter")
     if out.suffix.lower().lstrip(".") not in FORMATS:
         _fail(f"flylead explain: --out {out}: give a file ending in {', '.join('.' + f for f in FORMATS)}")
     _check_output(out, "--out", "flylead explain: ", (csv_file,) if csv_file is not None else ())
@@ -676,7 +683,8 @@ def explain_cmd(
         typer.echo(f"flylead explain: {exc.name or exc} is missing: pip install 'flylead[eval]'", err=True)
         raise typer.Exit(1) from None
     unused = "".join(f", {reason}: {n}" for reason, n in sorted(load.unusable.items()) if n)
-    typer.echo(f"{out}: {load.household}, {len(sessions)} session(s) detected ({len(load.t)} readings used"
+    used = sum(1 for v in load.p_w if math.isfinite(v))
+    typer.echo(f"{out}: {load.household}, {len(sessions)} session(s) detected ({used} readings used"
                f"{unused})")
 
 

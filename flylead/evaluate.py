@@ -77,6 +77,7 @@ class MethodResult:
     day: dict[str, float] | None = None
     false_alarms_per_100_household_weeks: float | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    true_found: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _detector(method: str, corpus: Corpus) -> Callable[[str, np.ndarray, np.ndarray], list[Detection]]:
@@ -137,6 +138,7 @@ def run_method(corpus: Corpus, method: str) -> MethodResult:
         false_alarms_per_100_household_weeks=false_alarms_per_100_weeks(m.fp, spans),
         sessions=[{"household": s.household, "start": s.start, "end": s.end,
                    "energy_kwh": s.energy_kwh, "matched": id(s) in matched} for s in found],
+        true_found=[(t.household, t.start) for _, t in m.pairs],
     )
 
 
@@ -167,7 +169,8 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
         JSON-ready dict: ``settings``, ``corpora`` (name -> ``note``, ``kind``,
         ``households``, ``household_days``, ``household_weeks``, ``true_sessions``,
         ``methods`` (name -> :class:`MethodResult` as a dict), and for the simulated
-        corpora ``look_alike_starts`` (:func:`look_alikes`)), ``seconds``.
+        corpora ``look_alike_starts`` (:func:`look_alikes`) and each method's
+        ``recall_look_alike`` and ``recall_other``), ``seconds``.
 
     Raises:
         ValueError: unknown corpus or method name, no seed, ``replicas`` < 1, ``draws`` < 1.
@@ -211,6 +214,9 @@ def evaluate(names: Sequence[str] = CORPORA, *, seeds: Sequence[int] = range(1, 
             out["corpora"][corpus.name]["methods"][method] = asdict(r)
             if progress:
                 progress(f"{corpus.name} {method}: {r.status}")
+    for name, c in out["corpora"].items():
+        if "look_alike_starts" in c:
+            _recall_split(c, built[name])
     out["settings"] = {"corpora": list(built), "methods": list(methods), "seeds": seeds,
                        "uci_replicas": replicas, "uci_seed": uci_seed,
                        "uci_start_window_h": list(uci_window_h), "workers": workers, "draws": draws,
@@ -229,19 +235,45 @@ def look_alikes(seeds: Sequence[int]) -> dict[str, Any]:
 
     Returns:
         ``{"sessions": n, "of": total, "by_appliance": {name: n}, "window_min": [30, 120],
-        "tolerance": "10 % + 5 W"}``.
+        "tolerance": "10 % + 5 W", "starts": [(seed, household, UTC epoch s), ...]}``, the
+        flagged sessions listed.
     """
     from simulators.scenario import look_alike_switch_ons
 
     n = total = 0
     by: dict[str, int] = {}
+    starts: list[tuple[int, str, float]] = []
     for seed in seeds:
-        for _, found in look_alike_switch_ons(seed):
+        for session, found in look_alike_switch_ons(seed):
             total += 1
             n += bool(found)
+            if found:
+                starts.append((seed, session.household, session.start))
             for app in sorted({a for _, a, _ in found}):
                 by[app] = by.get(app, 0) + 1
-    return {"sessions": n, "of": total, "by_appliance": by, "window_min": [30, 120], "tolerance": "10 % + 5 W"}
+    return {"sessions": n, "of": total, "by_appliance": by, "window_min": [30, 120], "tolerance": "10 % + 5 W",
+            "starts": starts}
+
+
+def _recall_split(entry: dict[str, Any], corpus: Corpus) -> None:
+    """Add ``recall_look_alike`` and ``recall_other`` to each ok method of a simulated corpus
+    ``entry``: its recall on the true sessions :func:`look_alikes` flagged, and on the rest.
+    Corpus households are ``s<seed>/hXX`` or ``s<seed>.<draw>/hXX``."""
+    flagged = {(seed, h, start) for seed, h, start in entry["look_alike_starts"]["starts"]}
+
+    def key(household: str, start: float) -> tuple[int, str, float]:
+        prefix, h = household.split("/", 1)
+        return int(prefix[1:].split(".")[0]), h, start
+
+    is_flagged = [key(t.household, t.start) in flagged for t in corpus.truth]
+    for r in entry["methods"].values():
+        if r["status"] != "ok":
+            continue
+        found = {(h, start) for h, start in r["true_found"]}
+        hit = [(t.household, t.start) in found for t in corpus.truth]
+        for label, want in (("recall_look_alike", True), ("recall_other", False)):
+            n = sum(1 for f in is_flagged if f == want)
+            r[label] = None if n == 0 else sum(1 for f, x in zip(is_flagged, hit) if f == want and x) / n
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

@@ -247,9 +247,35 @@ def test_evaluate_command_writes_json_with_our_figures(tmp_path):
     neg = data["corpora"]["uci-neg"]
     assert neg["true_sessions"] == 0 and neg["households"] == 1 and neg["household_days"] == 5
     assert "look_alike_starts" not in neg
-    assert sim["look_alike_starts"] == {"sessions": 2, "of": 10, "by_appliance": {"tv": 2},
-                                        "window_min": [30, 120], "tolerance": "10 % + 5 W"}
+    la = sim["look_alike_starts"]
+    assert {k: v for k, v in la.items() if k != "starts"} == {
+        "sessions": 2, "of": 10, "by_appliance": {"tv": 2}, "window_min": [30, 120], "tolerance": "10 % + 5 W"}
+    assert la["starts"] == [[2, "h02", 1795874630.0], [2, "h06", 1795779930.0]]
+    # recall on the flagged sessions and on the rest, from the matched truths
+    flagged = {(seed, h, start) for seed, h, start in la["starts"]}
+    found = {tuple(x) for x in ours["true_found"]}
+    assert len(found) == ours["tp"]
+    truths = [(int(h.split("/")[0][1:].split(".")[0]), h.split("/")[1], start, (h, start) in found)
+              for h, start in ((t.household, t.start) for t in _sim_truth([1, 2], 2))]
+    flag_hits = [hit for seed, h, start, hit in truths if (seed, h, start) in flagged]
+    other_hits = [hit for seed, h, start, hit in truths if (seed, h, start) not in flagged]
+    assert len(flag_hits) == 4 and len(other_hits) == 16  # 2 flagged sessions x 2 draws
+    assert ours["recall_look_alike"] == pytest.approx(sum(flag_hits) / 4)
+    assert ours["recall_other"] == pytest.approx(sum(other_hits) / 16)
     assert "scenario sessions have a lamp, TV or computer" in res.output
+
+
+def _sim_truth(seeds, draws):
+    from simulators.corpora import sim_corpus
+
+    return sim_corpus(seeds, draws=draws).truth
+
+
+def test_a_name_given_twice_runs_once():
+    res = CliRunner().invoke(app, ["evaluate", "--corpus", "uci-neg,uci-neg", "--method", "flylead,flylead",
+                                   "--uci-replicas", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("uci-neg flylead: ok") == 1
 
 
 def test_evaluate_rejects_unknown_names():

@@ -109,6 +109,13 @@ def test_input_options_are_checked(tmp_path):
     res = CliRunner().invoke(app, ["explain", "--csv", str(tmp_path / "none.csv"), "--meter", "A",
                                    "-o", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "none.csv" in res.output
+    res = CliRunner().invoke(app, ["explain", "--scenario-seed", "1", "--household", "h02", "--meter", "m1",
+                                   "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "--meter goes with --csv" in res.output
+    res = CliRunner().invoke(app, ["explain", "--csv", str(tmp_path / "none.csv"), "--meter", "A", "--household",
+                                   "h02", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "--household goes with" in res.output
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_bad_options_are_named_before_any_work(tmp_path):
@@ -143,7 +150,7 @@ def test_csv_is_strict_and_counts_what_it_merges(tmp_path):
     out = tmp_path / "a.svg"
     res = CliRunner().invoke(app, ["explain", "--csv", str(path), "--meter", "A1", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert (f"{out}: A1, 0 session(s) detected (241 readings used, conflicting duplicate (later row kept): 2, "
+    assert (f"{out}: A1, 0 session(s) detected (239 readings used, conflicting duplicate (later row kept): 2, "
             "duplicate row: 1, missing power_w: 2)") in res.output.replace("\n", "")
     assert out.read_text().lstrip().startswith("<?xml") and "<svg" in out.read_text()[:1000]
 
