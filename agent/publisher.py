@@ -153,8 +153,9 @@ class Publisher:
         failures as a warning, the retries after it as info; messages wait in the outbox."""
         self._connect_failures += 1
         level = logging.WARNING if self._connect_failures == 1 else logging.INFO
-        log.log(level, "cannot reach broker %s:%s (attempt %d); retrying, at most %d s apart; messages wait in the outbox",
-                self.settings.host, self.settings.port, self._connect_failures, MAX_RECONNECT_DELAY_S)
+        log.log(level, "cannot reach broker %s:%s (attempt %d); retrying, at most %d s apart; "
+                "messages wait in the outbox", self.settings.host, self.settings.port, self._connect_failures,
+                MAX_RECONNECT_DELAY_S)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

@@ -203,10 +203,11 @@ class DetectorSettings:
     #: Runs the pulse pairing missed (an on- or off-step read 10-20 W off next to a
     #: wobbling TV, outside ``fridge_band`` or ``fridge_sag``) were the most frequent wrong
     #: switch-on on the simulated corpus (the step taken in about half of the sessions
-    #: started at the wrong step, seeds 1-20, 2 draws).  A cost, not a veto: a charger of the fridge's size
-    #: switched on before a fridge run ends looks the same.  Chosen on seeds 1-20 x 5 poll
-    #: draws: F1 0.757 -> 0.761; held-out seeds 21-40 0.724 -> 0.759; 2.5-3.5 within 0.01;
-    #: the band and ratio are the pairing's own (0.12; 0.7-1.1) widened for that misreading.
+    #: started at the wrong step, seeds 1-20, 2 draws).  A cost, not a veto: a charger of
+    #: the fridge's size switched on before a fridge run ends looks the same.  Chosen on
+    #: seeds 1-20 x 5 poll draws: F1 0.757 -> 0.761; held-out seeds 21-40 0.724 -> 0.759;
+    #: 2.5-3.5 within 0.01; the band and ratio are the pairing's own (0.12; 0.7-1.1)
+    #: widened for that misreading.
     pulse_band: float = 0.25
     pulse_ratio_lo: float = 0.55
     pulse_cost: float = 3.0

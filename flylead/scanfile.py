@@ -15,7 +15,8 @@ and non-existent local times at a DST change take the earlier instant; the dupli
 may produce are counted below).
 
 Output: one row per session, ``meter_id,start,end,energy_kwh,peak_w,profile,confidence``,
-timestamps ISO 8601 UTC; CSV, or a JSON array of objects when OUTPUT ends in ``.json`` (the CLI takes only ``.csv`` and ``.json``).
+timestamps ISO 8601 UTC; CSV, or a JSON array of objects when OUTPUT ends in ``.json``
+(the CLI takes only ``.csv`` and ``.json``).
 Sessions of one meter are together and sorted by start.
 
 How memory stays bounded (two passes, an external partition by meter):
