@@ -102,7 +102,6 @@ def verify_password(password: str, encoded: str) -> bool:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (temp file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -186,6 +185,12 @@ def add_user(name: str, role: str, passwd_file: str | Path, acl_file: str | Path
     _check_name(name, "user name")
     lines = acl_lines(name, role)
     passwd, acl = Path(passwd_file), Path(acl_file)
+    if passwd.resolve() == acl.resolve():
+        raise CredentialsError(f"the password file and the ACL file are both {passwd}; give two files")
+    for path in (passwd, acl):
+        if not path.parent.is_dir():
+            raise CredentialsError(f"cannot write {path}: folder {path.parent} does not exist "
+                                   "(mosquitto reads the files where its configuration says)")
     entries: list[tuple[str, str]] = []
     for n, raw in enumerate(_read(passwd).splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
@@ -232,8 +237,19 @@ def render_config(template: str | Path = CONFIG_TEMPLATE, **values: object) -> s
     ``log_file``, ``run_user``.
 
     Raises:
-        CredentialsError: the template cannot be read or a placeholder has no value.
+        CredentialsError: the template cannot be read, a placeholder has no value, a value
+            holds a line break or control character (it would add lines to the file), a
+            ``*port`` is not 1-65535, a ``*host`` is empty, or the two listeners share a port.
     """
+    for key, value in values.items():
+        if any(ord(ch) < 32 for ch in str(value)):
+            raise CredentialsError(f"{key}: {value!r} has a line break or control character")
+        if key.endswith("port") and not (isinstance(value, int) and 1 <= value <= 65535):
+            raise CredentialsError(f"{key} must be 1-65535, got {value!r}")
+        if key.endswith("host") and not str(value).strip():
+            raise CredentialsError(f"{key} must not be empty")
+    if "port" in values and values.get("port") == values.get("tls_port"):
+        raise CredentialsError(f"port and tls_port are both {values['port']}; the two listeners need two ports")
     text = _read(Path(template))
     if not text:
         raise CredentialsError(f"broker config template {template} is missing or empty")

@@ -122,15 +122,25 @@ class SqliteStore:
 
     Args:
         path: database file (created with its tables if missing) or ``":memory:"``.
+        read_only: open an existing store for reading only (``mode=ro``): nothing is
+            created or written; a file without the store's tables is refused.
 
     Raises:
         StoreError: the file cannot be opened or is not a database.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
+            if read_only:  # a reader (the desk's sync): never creates or changes the file
+                self._db = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True,
+                                           timeout=_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not {"alerts", "telemetry"} <= tables:
+                    self._db.close()
+                    raise StoreError(f"{self.path} is not a flylead store (no alerts and telemetry tables)")
+                return
             self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S,
                                        check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -393,3 +393,34 @@ def test_password_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
     assert verify_password("s3cret:pw", encoded) and not verify_password("s3cret", encoded)
     mine = hash_password("pw", salt=b"\x00" * 12)
     assert mine == hash_password("pw", salt=b"\x00" * 12) and verify_password("pw", mine)
+
+
+def test_credential_and_config_files_are_checked_before_writing(tmp_path: Path) -> None:
+    """No folder is created for a mistyped path, one file cannot be both the password and
+    the ACL file, and the rendered mosquitto.conf takes no line break, bad or shared port,
+    or empty TLS host (each would give a file mosquitto refuses, or lines nobody wrote)."""
+    from typer.testing import CliRunner
+
+    from broker.credentials import CredentialsError, add_gateway, render_config
+    from flylead.cli import app
+
+    with pytest.raises(CredentialsError, match="folder .*nonexistent-dir does not exist"):
+        add_gateway("gw-1", tmp_path / "nonexistent-dir" / "passwd", tmp_path / "acl")
+    assert not (tmp_path / "nonexistent-dir").exists() and not (tmp_path / "acl").exists()
+    with pytest.raises(CredentialsError, match="both .*same; give two files"):
+        add_gateway("gw-1", tmp_path / "same", tmp_path / "same")
+    assert not (tmp_path / "same").exists()
+    base = dict(host="127.0.0.1", port=1883, tls_host="0.0.0.0", tls_port=8883, cafile="ca", certfile="c",
+                keyfile="k", passwd_file="p", acl_file="a", persistence="true", data_dir="d", log_file="l",
+                run_user="mosquitto")
+    assert "listener 8883 0.0.0.0" in render_config(**base)
+    for change, message in ((dict(port=99999), "port must be 1-65535"), (dict(tls_port=-1), "tls_port must be"),
+                            (dict(tls_port=1883), "both 1883"), (dict(tls_host=""), "tls_host must not be empty"),
+                            (dict(run_user="mosquitto\ninclude_dir /tmp"), "run_user: .* line break")):
+        with pytest.raises(CredentialsError, match=message):
+            render_config(**(base | change))
+    out = tmp_path / "m.conf"
+    res = CliRunner().invoke(app, ["broker", "render-config", "--out", str(out), "--passwd-file", "p",
+                                   "--acl-file", "a", "--cafile", "ca", "--certfile", "c", "--keyfile", "k",
+                                   "--port", "99999"])
+    assert res.exit_code != 0 and "port must be 1-65535" in res.output and not out.exists()

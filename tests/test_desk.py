@@ -330,6 +330,14 @@ def test_cli_add_user_and_sync(tmp_path: Path) -> None:
     assert (second.exit_code, second.stdout.strip()) == (0, "0 new cases")
     missing = runner.invoke(app, [*args[:-1], str(tmp_path / "nope.sqlite")])
     assert missing.exit_code == 1 and "nope.sqlite does not exist" in missing.output
+    # the store is only read: the desk database given as --store is refused and left as it was
+    before = db.read_bytes()
+    swapped = runner.invoke(app, [*args[:-1], str(db)])
+    assert swapped.exit_code == 1 and "is not a flylead store" in swapped.output
+    assert db.read_bytes() == before
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    assert runner.invoke(app, [*args[:-1], str(empty)]).exit_code == 1 and empty.stat().st_size == 0
 
 
 def test_serve_listens_on_loopback_and_syncs(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def sync_once(desk: DeskDB, store_path: str | Path, registry: Registry,
 
     if not Path(store_path).exists():
         raise StoreError(f"store {store_path} does not exist (is the ingest writing elsewhere?)")
-    store = SqliteStore(store_path)
+    store = SqliteStore(store_path, read_only=True)
     try:
         new = sync_from_store(desk, store, registry)
     finally:
