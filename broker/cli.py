@@ -69,13 +69,21 @@ def _notifier(notify: Path | None, base_url: str | None, max_age_h: float):  # n
         raise _fail(str(exc)) from None
 
 
+#: Dates the campaign's reports and queries take (the years either side overflow the
+#: period arithmetic and mean a typo).
+YEARS = (2000, 2099)
+
+
 def _date(text: str | None, what: str) -> date | None:
     if text is None:
         return None
     try:
-        return date.fromisoformat(text)
+        d = date.fromisoformat(text)
     except ValueError:
         raise _fail(f"{what} must be a date YYYY-MM-DD, got {text!r}") from None
+    if not YEARS[0] <= d.year <= YEARS[1]:
+        raise _fail(f"{what} {text}: the year must be {YEARS[0]}-{YEARS[1]}")
+    return d
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -85,7 +93,7 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="Output file: .xlsx or .md.")],
     first: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD, campaign local time). Default: the last half-month period.")] = None,
     last: Annotated[str | None, typer.Option("--to", help="Last day, included (YYYY-MM-DD).")] = None,
-    desk_db: DeskDbOpt = Path("desk.sqlite"),
+    desk_db: Annotated[Path, typer.Option("--db", "--desk-db", help="The desk's SQLite database (must exist).")] = Path("desk.sqlite"),
     registry: Annotated[Path | None, typer.Option("--registry", help="Registry (TOML): lists every village, with zeros, and sets the time zone.")] = None,
 ) -> None:
     """Half-monthly report per village: alerts, rebounds, dispatched, verified, rectified,
@@ -99,10 +107,12 @@ def report(
 
     if out.suffix.lower() not in (".xlsx", ".md"):
         raise _fail(f"--out {out}: the extension must be .xlsx or .md")
+    d0, d1 = _date(first, "--from"), _date(last, "--to")
+    if (d0 is None) != (d1 is None):
+        raise _fail("give both --from and --to, or neither (the last half-month period)")
     if not desk_db.exists():
         raise _fail(f"desk database {desk_db} does not exist")
     reg = _registry(registry) if registry is not None else None
-    d0, d1 = _date(first, "--from"), _date(last, "--to")
     if d0 is None or d1 is None:
         tz = reg.zone if reg is not None else None
         from zoneinfo import ZoneInfo

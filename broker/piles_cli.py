@@ -34,11 +34,16 @@ def _moment(text: str, tz: ZoneInfo, what: str, *, day_end: bool) -> float:
     included) or an ISO 8601 time (local time unless it carries an offset)."""
     try:
         if len(text) == 10:
-            d = date.fromisoformat(text) + timedelta(days=1 if day_end else 0)
+            d = date.fromisoformat(text)
+            if not 2000 <= d.year <= 2099:
+                raise _fail(f"{what} {text}: the year must be 2000-2099")
+            d += timedelta(days=1 if day_end else 0)
             return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise _fail(f"{what} must be a date YYYY-MM-DD or an ISO 8601 time, got {text!r}") from None
+    if not 2000 <= dt.year <= 2099:
+        raise _fail(f"{what} {text}: the year must be 2000-2099")
     return (dt if dt.tzinfo else dt.replace(tzinfo=tz)).timestamp()
 
 

@@ -194,6 +194,9 @@ gateways = ["gw-Q{uid}"]
     assert "pile-1 2 2 0.600 5.00 20.8 %" in lines
     bad = _cli("--store", f"sqlite:///{store_file}", "--from", "20.11.2026")
     assert bad.exit_code == 2 and "--from must be a date YYYY-MM-DD or an ISO 8601 time, got '20.11.2026'" in bad.output
+    for first, last in (("9999-12-15", "9999-12-31"), ("0001-01-01", "0001-01-02")):
+        far = _cli("--store", f"sqlite:///{store_file}", "--from", first, "--to", last)
+        assert far.exit_code == 2 and "the year must be 2000-2099" in far.output
     both = _cli(*common, "--json", "--csv")
     assert both.exit_code == 2 and "not both" in both.output
 
@@ -213,6 +216,7 @@ def test_desk_page_is_scoped_to_the_village(store_file: Path, tmp_path: Path, ui
     assert re.search(r'data-row="port" data-pile="pile-1" data-port="2"><td></td><td>2</td><td>2</td>\s*'
                      r'<td>0.60</td><td>5.0</td><td>20.8 %</td>', page)
     assert client.get("/piles?from=2026-11-21&to=2026-11-20").status_code == 400
+    assert client.get("/piles?from=9999-12-31&to=9999-12-31").status_code == 400
     assert client.get("/piles?from=yesterday").status_code == 400
     east = flask_app.test_client()
     east.post("/login", data={"username": "east", "password": "east-password"})

@@ -182,6 +182,10 @@ def test_report_command(scenario, tmp_path: Path) -> None:  # noqa: ANN001
     bad = runner.invoke(app, ["report", "--from", "15.1.2026", "--to", "2026-01-29", "--out",
                               str(tmp_path / "x.md"), "--desk-db", desk.path])
     assert bad.exit_code == 2 and "--from must be a date YYYY-MM-DD" in bad.output
-    # default period: the latest cut-off on or before --to
+    # one end alone is refused (it used to run to the period of today, or back to the last cut-off)
     r = runner.invoke(app, ["report", "--to", "2026-01-29", "--out", str(tmp_path / "d.md"), "--desk-db", desk.path])
-    assert r.exit_code == 0 and "2026-01-15 to 2026-01-29" in r.stdout
+    assert r.exit_code == 2 and "give both --from and --to, or neither" in r.output
+    for first, last in (("9999-12-15", "9999-12-31"), ("0001-01-01", "0001-01-05")):
+        r = runner.invoke(app, ["report", "--from", first, "--to", last, "--out", str(tmp_path / "y.md"),
+                                "--desk-db", desk.path])
+        assert r.exit_code == 2 and "the year must be 2000-2099" in r.output and "Traceback" not in r.output

@@ -236,7 +236,7 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
             first = date.fromisoformat(request.args.get("from") or (last - timedelta(days=6)).isoformat())
         except ValueError:
             abort(400)
-        if first > last or (last - first).days > 366:
+        if first > last or (last - first).days > 366 or not 2000 <= first.year <= last.year <= 2099:
             abort(400)
         start = datetime(first.year, first.month, first.day, tzinfo=tz).timestamp()
         stop = last + timedelta(days=1)
