@@ -376,3 +376,31 @@ def test_serve_listens_on_loopback_and_syncs(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_serve_refuses_a_missing_ca_and_a_taken_port(tmp_path: Path) -> None:
+    """Named before the desk starts: a CA file for the acknowledgements' TLS that is missing
+    or not PEM (paho raised from deep inside), and a port already taken (the reason was ": 1")."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from flylead.cli import app
+
+    sc = build_scenario(tmp_path)
+    base = ["desk", "serve", "--db", str(tmp_path / "d.sqlite"), "--registry", str(sc.registry_path),
+            "--store", str(sc.store_path)]
+    runner = CliRunner()
+    missing = runner.invoke(app, [*base, "--mqtt", "127.0.0.1:1883", "--mqtt-ca", str(tmp_path / "none.crt")])
+    assert missing.exit_code == 2 and f"--mqtt-ca {tmp_path / 'none.crt'}: no such file" in missing.output
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    bad = runner.invoke(app, [*base, "--mqtt", "127.0.0.1:1883", "--mqtt-ca", str(junk)])
+    assert bad.exit_code == 2 and "not a readable PEM certificate file" in bad.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = runner.invoke(app, [*base, "--port", str(port)])
+    assert busy.exit_code == 1
+    assert f"alert desk cannot listen on 127.0.0.1:{port}: the address is in use" in " ".join(busy.output.split())

@@ -102,5 +102,8 @@ def make_server(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) ->
 
     try:
         return _make(host, port, app, threaded=True)
-    except (OSError, SystemExit) as exc:  # werkzeug exits when the port is taken
-        raise OSError(f"alert desk cannot listen on {host}:{port}: {exc}") from None
+    except OSError as exc:
+        raise OSError(f"alert desk cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except SystemExit:  # werkzeug prints why and exits when the address is taken or unknown
+        raise OSError(f"alert desk cannot listen on {host}:{port}: the address is in use or not this "
+                      "machine's") from None
