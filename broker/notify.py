@@ -57,7 +57,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -389,44 +391,84 @@ def _secret(entry: dict[str, Any], key: str, where: str) -> str | None:
     return None if value is None else str(value)
 
 
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    villages: list[Annotated[str, Field(min_length=1)]] | None = None
+
+
+class _Robot(_Entry):
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+
+
+class _DingTalk(_Robot):
+    secret: str | None = None
+    secret_env: str | None = None
+
+
+class _Email(_Entry):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    sender: Annotated[str, Field(min_length=3)]
+    to: Annotated[list[Annotated[str, Field(min_length=3)]], Field(min_length=1)]
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+
+
+class _NotifyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    wecom: list[_Robot] = []
+    dingtalk: list[_DingTalk] = []
+    email: list[_Email] = []
+
+
 def load_channels(path: str | Path, **kw: Any) -> list[Any]:
     """Channels from a TOML file (format in the module docstring); ``kw`` go to each
-    channel (e.g. ``retry_wait_s``).
+    channel (e.g. ``retry_wait_s``).  Types are checked strictly: ``to`` and ``villages``
+    are lists of names (a string is not read as its letters), ``port`` an integer 1-65535,
+    ``starttls`` and ``ssl`` booleans.
 
     Raises:
-        ValueError: unreadable file, unknown section or key, missing field (the message
-            names the file and the entry).
+        ValueError: unreadable file, unknown section or key, missing field or a value of
+            the wrong type (the message names the file, the entry and the key).
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"notification config {path}: {exc}") from exc
-    unknown = set(data) - {"wecom", "dingtalk", "email"}
-    if unknown:
-        raise ValueError(f"notification config {path}: unknown sections {sorted(unknown)}")
+    try:
+        cfg = _NotifyFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        sections = sorted(str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden" and len(e["loc"]) == 1)
+        if sections:
+            problems.append(f"notification config {path}: unknown sections {sections} (wecom, dingtalk, email)")
+        for err in exc.errors():
+            loc = list(err["loc"])
+            if len(loc) == 1 and err["type"] == "extra_forbidden":
+                continue
+            where = f"[[{loc[0]}]] #{loc[1] + 1}" if len(loc) >= 2 and isinstance(loc[1], int) else f"[{loc[0]}]"
+            key = ".".join(str(x) for x in loc[2:])
+            if err["type"] == "missing":
+                problems.append(f"notification config {path}: {where}: missing {key!r}")
+            elif err["type"] == "extra_forbidden":
+                problems.append(f"notification config {path}: {where}: unknown key {key!r}")
+            else:
+                problems.append(f"notification config {path}: {where}: {key}: {err['msg']}")
+        raise ValueError("\n".join(problems)) from None
     channels: list[Any] = []
-    for section, allowed in (("wecom", {"url", "villages"}),
-                             ("dingtalk", {"url", "villages", "secret", "secret_env"}),
-                             ("email", {"host", "port", "sender", "to", "starttls", "ssl", "username",
-                                        "password", "password_env", "villages"})):
-        for i, entry in enumerate(data.get(section, [])):
-            where = f"notification config {path}: [[{section}]] #{i + 1}"
-            extra = set(entry) - allowed
-            if extra:
-                raise ValueError(f"{where}: unknown keys {sorted(extra)}")
-            try:
-                villages = entry.get("villages")
-                if section == "wecom":
-                    channels.append(WeComRobot(entry["url"], villages=villages, **kw))
-                elif section == "dingtalk":
-                    channels.append(DingTalkRobot(entry["url"], _secret(entry, "secret", where),
-                                                  villages=villages, **kw))
-                else:
-                    channels.append(SmtpMailer(
-                        entry["host"], int(entry.get("port", 25)), entry["sender"], entry["to"],
-                        starttls=bool(entry.get("starttls", False)), use_ssl=bool(entry.get("ssl", False)),
-                        username=entry.get("username"), password=_secret(entry, "password", where),
-                        villages=villages, **kw))
-            except KeyError as exc:
-                raise ValueError(f"{where}: missing {exc.args[0]!r}") from None
+    for r in cfg.wecom:
+        channels.append(WeComRobot(r.url, villages=r.villages, **kw))
+    for i, d in enumerate(cfg.dingtalk):
+        where = f"notification config {path}: [[dingtalk]] #{i + 1}"
+        channels.append(DingTalkRobot(d.url, _secret(d.model_dump(), "secret", where), villages=d.villages, **kw))
+    for i, e in enumerate(cfg.email):
+        where = f"notification config {path}: [[email]] #{i + 1}"
+        channels.append(SmtpMailer(
+            e.host, e.port, e.sender, e.to, starttls=e.starttls, use_ssl=e.ssl, username=e.username,
+            password=_secret(e.model_dump(), "password", where), villages=e.villages, **kw))
     return channels

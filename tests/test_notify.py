@@ -276,6 +276,16 @@ def test_channel_config_errors_name_the_entry(tmp_path: Path) -> None:
     conf.write_text('[[slack]]\nurl = "x"\n')
     with pytest.raises(ValueError, match=r"unknown sections \['slack'\]"):
         load_channels(conf)
+    # strict types: a string is not read as a list of its letters, nor "false" as true
+    for body, message in (('to = "c@d"\n', r"\[\[email\]\] #1: to: Input should be a valid list"),
+                          ('to = ["c@d"]\nvillages = "east"\n', r"#1: villages: Input should be a valid list"),
+                          ('to = ["c@d"]\nssl = "false"\n', r"#1: ssl: Input should be a valid boolean"),
+                          ('to = ["c@d"]\nport = 99999\n', r"#1: port: Input should be less than or equal to 65535"),
+                          ('to = ["c@d"]\nport = "abc"\n', r"#1: port: Input should be a valid integer"),
+                          ('to = ["c@d"]\nwecom = "x"\n', r"#1: unknown key 'wecom'")):
+        conf.write_text('[[email]]\nhost = "h"\nsender = "a@b"\n' + body)
+        with pytest.raises(ValueError, match=message):
+            load_channels(conf)
     assert Notifier([]).notify([], None) == 0
 
 
