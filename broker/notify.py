@@ -444,7 +444,8 @@ def load_channels(path: str | Path, **kw: Any) -> list[Any]:
         cfg = _NotifyFile.model_validate(data)
     except ValidationError as exc:
         problems = []
-        sections = sorted(str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden" and len(e["loc"]) == 1)
+        sections = sorted(str(e["loc"][0]) for e in exc.errors()
+                          if e["type"] == "extra_forbidden" and len(e["loc"]) == 1)
         if sections:
             problems.append(f"notification config {path}: unknown sections {sections} (wecom, dingtalk, email)")
         for err in exc.errors():
