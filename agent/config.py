@@ -6,6 +6,8 @@ example is ``docs/example-compound.toml``.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -42,7 +44,7 @@ def _port_in_range(v: str | None) -> str | None:
 class MqttSettings(_Strict):
     """Broker connection.  Credentials and TLS are for deployment (see docs/mqtt.md)."""
 
-    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\[\]-]{1,253}$")] = "127.0.0.1"
+    host: Annotated[str, Field(min_length=1, max_length=253)] = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     username: str | None = None
     password: str | None = None
@@ -50,6 +52,23 @@ class MqttSettings(_Strict):
     ca_file: str | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @field_validator("host")
+    @classmethod
+    def _host_name_or_address(cls, v: str) -> str:
+        """A DNS name, an IPv4 address or an IPv6 address (bare or in brackets), without a
+        port (that is ``port``)."""
+        bare = v[1:-1] if v.startswith("[") and v.endswith("]") else v
+        if ":" in bare or bare.replace(".", "").isdigit():
+            try:
+                ipaddress.ip_address(bare)
+            except ValueError:
+                hint = " (the port goes in port)" if ":" in bare and "." in bare else ""
+                raise ValueError(f"{v!r} is not an IP address{hint}") from None
+            return v
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9_-]{0,62}))*\.?", bare):
+            raise ValueError(f"{v!r} is not a host name or IP address")
+        return v
 
     @field_validator("ca_file")
     @classmethod
@@ -185,6 +204,8 @@ class OutboxSettings(_Strict):
         path = Path(v)
         if path.is_dir():
             raise ValueError(f"{v} is a folder; give the outbox file's name, e.g. {path / 'outbox.sqlite'}")
+        if path.exists() and not path.is_file():
+            raise ValueError(f"{v} is not a regular file (a device or a pipe cannot hold the queue)")
         if not path.parent.is_dir():
             raise ValueError(f"folder {path.parent} does not exist (create it, e.g. the service's state folder)")
         return v
@@ -239,6 +260,12 @@ class AgentConfig(_Strict):
                 raise ValueError(f"devices[{i}] ({dev.name}): profile {dev.profile!r} needs a bus with protocol = {dev.profile!r}")
             if dev.address is not None and proto != "dlt645":
                 raise ValueError(f"devices[{i}] ({dev.name}): address is for DL/T 645 devices")
+            if dev.role != "fire_detector" and (dev.residual_setting_ma is not None
+                                                or dev.temperature_setting_c is not None):
+                raise ValueError(f"devices[{i}] ({dev.name}): residual_setting_ma and temperature_setting_c are "
+                                 "for fire detectors")
+            if dev.role != "meter" and dev.breaker_rating_a is not None:
+                raise ValueError(f"devices[{i}] ({dev.name}): breaker_rating_a is for household meters")
             if proto == "modbus":
                 try:
                     load_profile(dev.profile)
