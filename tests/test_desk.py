@@ -206,6 +206,10 @@ def test_passwords_are_stored_hashed(scenario: Scenario) -> None:
         scenario.desk.add_user("short", "1234567", "office")
     with pytest.raises(DeskError, match="needs a village"):
         scenario.desk.add_user("nov", "long-enough", "village")
+    with pytest.raises(DeskError, match="not only spaces"):
+        scenario.desk.add_user("blank", " " * 8, "office")
+    with pytest.raises(DeskError, match="an office user sees every village; give no village"):
+        scenario.desk.add_user("wang2", "long-enough", "office", "east")
 
 
 # -- web app --------------------------------------------------------------------------------

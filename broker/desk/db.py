@@ -337,10 +337,10 @@ class DeskDB:
             raise DeskError(f"user {username!r}: role must be one of {ROLES}, got {role!r}")
         if role == "village" and not village:
             raise DeskError(f"user {username!r}: a village user needs a village")
-        if role == "office":
-            village = None
-        if len(password) < 8:
-            raise DeskError(f"user {username!r}: password must have at least 8 characters")
+        if role == "office" and village:
+            raise DeskError(f"user {username!r}: an office user sees every village; give no village")
+        if len(password) < 8 or not password.strip():
+            raise DeskError(f"user {username!r}: password must have at least 8 characters, not only spaces")
         pw_hash = _hasher.hash(password)
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         try:
