@@ -437,7 +437,7 @@ def load_channels(path: str | Path, **kw: Any) -> list[Any]:
             the wrong type (the message names the file, the entry and the key).
     """
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"notification config {path}: {exc}") from exc
     try:

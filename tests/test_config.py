@@ -127,3 +127,10 @@ def test_duplicate_device_names():
     with pytest.raises(ConfigError, match="device names must be unique"):
         parse_config({"gateway": "g", "buses": [{"name": "b", "tcp": "127.0.0.1:502"}],
                       "devices": [{"name": "m", "bus": "b", "profile": "sdm120"}] * 2})
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    """Windows editors save UTF-8 with a BOM, which TOML itself refuses at line 1."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + EXAMPLE.read_bytes())
+    assert load_config(path).gateway == "gw-sunrise-01"

@@ -156,7 +156,7 @@ def load_registry(path: str | Path) -> Registry:
             (the message names the file and the entry).
     """
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise RegistryError(f"cannot read registry {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
