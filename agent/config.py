@@ -34,6 +34,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+def ca_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is no usable CA bundle (a file of PEM certificates), or None.  Checked
+    before connecting, so the error names the file instead of surfacing inside paho."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{path} is a directory, not a CA bundle file"
+    if not p.is_file():
+        return f"no such file: {path}"
+    try:
+        ssl.create_default_context(cafile=str(p))
+    except (OSError, ssl.SSLError) as exc:
+        return f"{path} is not a readable PEM certificate file ({exc})"
+    return None
+
+
 def _port_in_range(v: str | None) -> str | None:
     """``HOST:PORT`` with the port 1-65535 (the pattern checks the shape)."""
     if v is not None and not 1 <= int(v.rpartition(":")[2]) <= 65535:
@@ -75,17 +90,9 @@ class MqttSettings(_Strict):
     def _ca_file_loads(cls, v: str | None) -> str | None:
         """The CA bundle must be a readable file of PEM certificates (checked here, so
         ``check-config`` names it and the agent does not fail later inside paho)."""
-        if v is None:
-            return v
-        path = Path(v)
-        if path.is_dir():
-            raise ValueError(f"{v} is a directory, not a CA bundle file")
-        if not path.is_file():
-            raise ValueError(f"no such file: {v}")
-        try:
-            ssl.create_default_context(cafile=str(path))
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"{v} is not a readable PEM certificate file ({exc})") from None
+        problem = None if v is None else ca_file_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 

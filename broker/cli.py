@@ -170,14 +170,11 @@ def desk_serve(
         if not mhost or not mport.isdigit() or not 0 < int(mport) < 65536:
             raise _fail(f"--mqtt must be HOST:PORT, got {mqtt!r}")
         if mqtt_ca is not None:
-            import ssl
+            from agent.config import ca_file_problem
 
-            if not mqtt_ca.is_file():
-                raise _fail(f"--mqtt-ca {mqtt_ca}: no such file")
-            try:
-                ssl.create_default_context(cafile=str(mqtt_ca))
-            except (OSError, ssl.SSLError) as exc:
-                raise _fail(f"--mqtt-ca {mqtt_ca}: not a readable PEM certificate file ({exc})") from None
+            problem = ca_file_problem(mqtt_ca)
+            if problem:
+                raise _fail(f"--mqtt-ca: {problem}")
         password = os.environ.get(mqtt_password_env) if mqtt_user else None
         if mqtt_user and not password:
             raise _fail(f"--mqtt-user {mqtt_user}: set its password in the environment variable {mqtt_password_env}")

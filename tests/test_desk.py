@@ -396,7 +396,7 @@ def test_serve_refuses_a_missing_ca_and_a_taken_port(tmp_path: Path) -> None:
             "--store", str(sc.store_path)]
     runner = CliRunner()
     missing = runner.invoke(app, [*base, "--mqtt", "127.0.0.1:1883", "--mqtt-ca", str(tmp_path / "none.crt")])
-    assert missing.exit_code == 2 and f"--mqtt-ca {tmp_path / 'none.crt'}: no such file" in missing.output
+    assert missing.exit_code == 2 and f"--mqtt-ca: no such file: {tmp_path / 'none.crt'}" in missing.output
     junk = tmp_path / "junk.crt"
     junk.write_text("not a certificate\n")
     bad = runner.invoke(app, [*base, "--mqtt", "127.0.0.1:1883", "--mqtt-ca", str(junk)])
