@@ -455,7 +455,7 @@ def test_ignored_commands_time_out_cleanly(cmd: int) -> None:
         return info.value, elapsed, ports
 
     error, elapsed, ports = on_board(test, timeout_s=timeout_s)
-    assert timeout_s <= elapsed < timeout_s + 0.5
+    assert timeout_s <= elapsed < timeout_s + 2.0  # its timeout once (slack for a loaded machine)
     assert f"0x{cmd:02X}" in str(error) and "pile-t1" in str(error) and "0.3 s" in str(error)
     assert len(ports) == 10
 

@@ -658,7 +658,7 @@ def test_client_timeout_when_silent(sim: Dlt645MeterSim) -> None:
     with pytest.raises(DeviceTimeout, match=r"meter-h01 \(address 000000000161 on .*\): no reply "
                        r"in 0.5 s to read of DI 02010100 \(phase A voltage\)"):  # fmt: skip
         run(read_with(sim, ["02010100"], timeout_s=0.5))
-    assert 0.5 <= time.monotonic() - started < 0.5 + 0.5
+    assert 0.5 <= time.monotonic() - started < 0.5 + 2.0  # its timeout once (slack for a loaded machine)
 
 
 def test_client_timeout_when_nobody_has_the_address(sim: Dlt645MeterSim) -> None:
@@ -685,7 +685,7 @@ def test_client_checksum_error(sim: Dlt645MeterSim) -> None:
                        r"computed [0-9A-F]{2}H, received [0-9A-F]{2}H") as info:  # fmt: skip
         run(read_with(sim, ["02010100"], timeout_s=0.5))
     assert info.value.received == (info.value.computed + 1) & 0xFF
-    assert time.monotonic() - started < 0.5 + 0.5
+    assert time.monotonic() - started < 0.5 + 2.0  # within its timeout (slack for a loaded machine)
 
 
 @pytest.mark.parametrize("fault", ["garbage", "doubled_68", "echo"])

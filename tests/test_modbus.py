@@ -167,7 +167,7 @@ def test_silent_device_times_out_without_hidden_retries():
             await server.stop()
 
     elapsed, error, requests, port = run(main())
-    assert 0.3 <= elapsed < 0.3 + 0.2
+    assert 0.3 <= elapsed < 0.3 + 2.0  # one timeout (one request, below); slack for a loaded machine
     assert str(error).startswith(
         f"meter-h03 (device id 3 at 127.0.0.1:{port}): no answer in 0.3 s"
     )
@@ -192,7 +192,7 @@ def test_retries_cost_one_timeout_each():
 
     elapsed, requests = run(main())
     assert requests == {3: 3}
-    assert 0.6 <= elapsed < 0.6 + 0.3
+    assert 0.6 <= elapsed < 0.6 + 2.0  # three timeouts, three requests; slack for a loaded machine
 
 
 def test_exception_response_is_device_exception_code_4():
