@@ -69,11 +69,6 @@ def _notifier(notify: Path | None, base_url: str | None, max_age_h: float):  # n
         raise _fail(str(exc)) from None
 
 
-#: Dates the campaign's reports and queries take (the years either side overflow the
-#: period arithmetic and mean a typo).
-YEARS = (2000, 2099)
-
-
 def _date(text: str | None, what: str) -> date | None:
     if text is None:
         return None
@@ -81,8 +76,10 @@ def _date(text: str | None, what: str) -> date | None:
         d = date.fromisoformat(text)
     except ValueError:
         raise _fail(f"{what} must be a date YYYY-MM-DD, got {text!r}") from None
-    if not YEARS[0] <= d.year <= YEARS[1]:
-        raise _fail(f"{what} {text}: the year must be {YEARS[0]}-{YEARS[1]}")
+    from broker.desk.registry import CAMPAIGN_YEARS
+
+    if not CAMPAIGN_YEARS[0] <= d.year <= CAMPAIGN_YEARS[1]:
+        raise _fail(f"{what} {text}: the year must be {CAMPAIGN_YEARS[0]}-{CAMPAIGN_YEARS[1]}")
     return d
 
 

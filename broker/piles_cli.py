@@ -32,18 +32,18 @@ def _fail(message: str) -> typer.Exit:
 def _moment(text: str, tz: ZoneInfo, what: str, *, day_end: bool) -> float:
     """UTC epoch s of a date (local midnight; the next one with ``day_end``: the day is
     included) or an ISO 8601 time (local time unless it carries an offset)."""
+    from broker.desk.registry import CAMPAIGN_YEARS
+
     try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            if not 2000 <= d.year <= 2099:
-                raise _fail(f"{what} {text}: the year must be 2000-2099")
-            d += timedelta(days=1 if day_end else 0)
-            return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp()
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        day = date.fromisoformat(text) if len(text) == 10 else None
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00")) if day is None else None
     except ValueError:
         raise _fail(f"{what} must be a date YYYY-MM-DD or an ISO 8601 time, got {text!r}") from None
-    if not 2000 <= dt.year <= 2099:
-        raise _fail(f"{what} {text}: the year must be 2000-2099")
+    if not CAMPAIGN_YEARS[0] <= (day or dt).year <= CAMPAIGN_YEARS[1]:
+        raise _fail(f"{what} {text}: the year must be {CAMPAIGN_YEARS[0]}-{CAMPAIGN_YEARS[1]}")
+    if day is not None:
+        day += timedelta(days=1 if day_end else 0)
+        return datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
     return (dt if dt.tzinfo else dt.replace(tzinfo=tz)).timestamp()
 
 

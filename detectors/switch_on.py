@@ -194,6 +194,8 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
     for k, size in candidates(edges, lo, hi):
         if k in used:
             continue
+        # the step's own cost, the same under every expectation
+        own = pulse_cost if pulse_cost and pulse is not None and short_pulse(edges, k, size, *pulse) else 0.0
         for exp in exps:
             z = (size - exp.step_w) / exp.sigma_w
             charger = size
@@ -206,8 +208,7 @@ def rank_switch_ons(edges: list[Edge], lo: int, hi: int, i0: int, exps: list[Exp
                 continue
             e = energy_kwh(charger, exp, i0 - k, grid_s, taper_wh, tail_wh)
             cost = score(z, e, energy_soft_kwh, energy_width_kwh) + plateau_cost_per_h * (i0 - k) * grid_s / 3600.0
-            if pulse_cost and pulse is not None and short_pulse(edges, k, size, *pulse):
-                cost += pulse_cost
+            cost += own
             cand = Candidate(k, size, charger, exp, z, e, cost)
             if (k, size) not in best or cand.score < best[(k, size)].score:
                 best[(k, size)] = cand

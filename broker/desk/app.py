@@ -44,7 +44,7 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from broker.desk.db import ACK_ACTIONS, ACTIONS, KIND_LABELS, MAX_NOTE, MAX_WORKER, STATES, Case, DeskDB, DeskError, User
 from broker.desk.plot import active_power, plot_window, render_plot
-from broker.desk.registry import UNASSIGNED, Registry
+from broker.desk.registry import CAMPAIGN_YEARS, UNASSIGNED, Registry
 
 __all__ = ["create_app"]
 
@@ -236,7 +236,8 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
             first = date.fromisoformat(request.args.get("from") or (last - timedelta(days=6)).isoformat())
         except ValueError:
             abort(400)
-        if first > last or (last - first).days > 366 or not 2000 <= first.year <= last.year <= 2099:
+        lo, hi = CAMPAIGN_YEARS
+        if first > last or (last - first).days > 366 or not lo <= first.year <= last.year <= hi:
             abort(400)
         start = datetime(first.year, first.month, first.day, tzinfo=tz).timestamp()
         stop = last + timedelta(days=1)

@@ -37,6 +37,9 @@ UNASSIGNED = "_unassigned"
 #: Campaign time zone when the registry names none: the campaign runs in China
 #: (China Standard Time, UTC+8, no daylight saving).
 DEFAULT_TZ = "Asia/Shanghai"
+#: Years the reports, queries and the desk take dates in (the years either side overflow the
+#: period arithmetic and mean a typo).
+CAMPAIGN_YEARS = (2000, 2099)
 
 _NAME = re.compile(NAME_PATTERN)
 
