@@ -274,13 +274,18 @@ def learn_pulse_height(edges: list[Edge] | EdgeArrays, lo_w: float, hi_w: float,
 
 def pair_pulses(edges: list[Edge] | EdgeArrays, fridge_w: float | None, big_w: float, big_max_bins: int,
                 fridge_bins: tuple[int, int], fridge_band: float,
-                fridge_ratio: tuple[float, float]) -> list[tuple[int, int, str]]:
+                fridge_ratio: tuple[float, float], y: np.ndarray | None = None,
+                big_hold: float = 0.0) -> list[tuple[int, int, str]]:
     """Edges explained as short pulses: ``(i_up, j_down, kind)`` with indices into ``edges``
     (in time order).
 
     ``"big"``: an up-edge of at least ``big_w`` and the first later down-edge within
     ``big_max_bins`` matching it within 15 % + 20 W (kettles, cookers, water heaters: no
-    charger draws that much).  ``"fridge"``: an up-edge within ``fridge_band`` of the
+    charger draws that much), over which the load ``y`` (shape (m,), W, the signal the
+    edges were found in; None: not checked) held: between the two switchings it never fell
+    below its level just before the up-edge plus ``big_hold`` times the pulse (the smaller of
+    the two sizes).  A load that fell back below that was off in between, so that down-edge
+    belongs to another appliance and the next one is tried.  ``"fridge"``: an up-edge within ``fridge_band`` of the
     learned pulse height ``fridge_w`` and the first later down-edge ``fridge_bins`` away
     whose size is ``fridge_ratio`` of the up (the compressor's power sags during a run).
     """
@@ -289,6 +294,7 @@ def pair_pulses(edges: list[Edge] | EdgeArrays, fridge_w: float | None, big_w: f
     out: list[tuple[int, int, str]] = []
     big = np.flatnonzero(v >= big_w).tolist()
     kl, vl = (k.tolist(), v.tolist()) if big else ([], [])
+    kl1 = _columns(edges).k1.tolist() if big else []
     for i in big:
         ku, up = kl[i], vl[i]
         for j in range(i + 1, len(kl)):
@@ -296,6 +302,9 @@ def pair_pulses(edges: list[Edge] | EdgeArrays, fridge_w: float | None, big_w: f
             if kd - ku > big_max_bins:
                 break
             if j not in used and dn < 0 and abs(up + dn) <= 0.15 * up + 20.0:
+                if y is not None and big_hold > 0 and kd > kl1[i]:
+                    if y[kl1[i]: kd].min() < y[max(ku - 1, 0)] + big_hold * min(up, -dn):
+                        continue
                 out.append((i, j, "big"))
                 used.update((i, j))
                 break

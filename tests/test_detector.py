@@ -318,6 +318,28 @@ def test_switch_on_merged_with_a_lamp():
     assert switch_on.rank_switch_ons(edges[:1], 0, 380, 400, [exp], **kw) == []
 
 
+def test_big_load_is_paired_only_with_a_switch_off_it_held_until():
+    """A 2 kW heater switches on at bin 100; its switch-off at 130 is read as -1.5 kW (a
+    500 W load switched on in the same minute), so it matches no pairing.  A kettle runs
+    150-170 at 2 kW.  The heater's first matching down-edge is the kettle's (170), but the
+    load fell to 500 W in between: the heater was off, so it stays unpaired and the kettle
+    is paired with its own switch-off.  Without the check the heater's block is taken out
+    over 130-150 too and the persistent load reads -1.5 kW there."""
+    y = np.zeros(300)
+    y[100:130] = 2000.0
+    y[130:] = 500.0
+    y[150:170] += 2000.0
+    edges = [steps.Edge(100, 100, 2000.0), steps.Edge(130, 130, -1500.0),
+             steps.Edge(150, 150, 2000.0), steps.Edge(170, 170, -2000.0)]
+    args = (None, 400.0, 120, (5, 35), 0.12, (0.7, 1.1))
+    held = steps.pair_pulses(edges, *args, y=y, big_hold=0.5)
+    assert held == [(2, 3, "big")]
+    assert steps.subtract_pulses(y, edges, held).min() == 0.0
+    blind = steps.pair_pulses(edges, *args)
+    assert blind == [(0, 3, "big")]
+    assert steps.subtract_pulses(y, edges, blind).min() == -1500.0
+
+
 def test_taper_paused_by_wobble_is_found_from_its_pieces():
     """A 105 W exponential fall (tau 25 bins) paused twice for 10 bins (a wobble alongside)
     falls in three touching runs of 35 W each, every one under the 40 W gate: tried
