@@ -64,6 +64,13 @@ from detectors.taper import Taper, find_tapers
 PROFILES = ("lead_acid", "lithium", "unknown")
 
 
+#: Start confidence (``ChargingSession.evidence["start_confidence"]``) from which a start
+#: counts as confident in reports (``flylead evaluate``, ``flylead explain``): on the seeds
+#: the start confidence was checked on (bench/results/start_confidence.json) 0.88-0.94 of
+#: such starts are right to 30 min, against 0.48-0.72 below it.
+CONFIDENT_START = 0.8
+
+
 @dataclass(frozen=True, slots=True)
 class ChargingSession:
     """One detected charging session.
@@ -304,6 +311,19 @@ class DetectorSettings:
     few_candidates_w: float = 0.6
     #: Confidence below which a candidate is not reported.
     min_confidence: float = 0.5
+    #: How sure the start is (:func:`_start_evidence`), apart from whether it is a charging
+    #: session at all: the score margin (squared-z units, capped at ``start_margin_cap``)
+    #: from the switch-on taken to the best candidate starting more than
+    #: ``start_alternative_s`` away (the evaluation's start tolerance, 30 min), through a
+    #: logistic ``1 / (1 + exp(-(a + b * margin)))`` with ``(a, b)`` = ``start_fit``.  Fitted
+    #: by ``bench/fit_start_confidence.py`` on seeds 101-300 of the demo scenario x 2 poll
+    #: draws (never used for anything else), checked on seeds 1-20 and 21-40
+    #: (bench/results/start_confidence.json).  Session confidence says "an e-bike charged
+    #: here that night" (household-day precision 0.98); this says whether the start is
+    #: right to 30 min, which in a busy evening it often is not.
+    start_alternative_s: float = 1800.0
+    start_margin_cap: float = 10.0
+    start_fit: tuple[float, float] = (0.059, 0.321)
     #: Streaming: bins kept (s) and how often the core re-runs (s of data).  Chosen: a
     #: day holds the longest session (15 h) with its evening; one run every 30 min costs
     #: ~0.7-2 ms on a day of one-minute bins (the busiest, the real UCI household, ~2 ms),
@@ -526,7 +546,27 @@ def _switch_on(load: _Load, tp: Taper, s: DetectorSettings, used: set[int]
     ev = {"level_seen_w": level_seen, "candidates": float(len(ranked)), "taper_w": tp.amp_w,
           "taper_share": tp.share, "taper_tau_s": tp.tau_bins * s.grid_s, "taper_rmse_w": tp.rmse_w,
           "ramp_rmse_w": tp.ramp_rmse_w}
+    if cand is not None:
+        ev.update(_start_evidence(ranked, cand, s))
     return cand, ev
+
+
+def _start_evidence(ranked: list[switch_on.Candidate], cand: switch_on.Candidate, s: DetectorSettings
+                    ) -> dict[str, float]:
+    """How sure the start ``cand`` is against the other ``ranked`` switch-ons (best first):
+    ``start_margin`` (squared-z units, 0..``start_margin_cap``) to the best candidate more
+    than ``start_alternative_s`` away, ``start_confidence`` (0..1, the logistic of
+    ``start_fit``) and, when there is such a candidate, ``start_alternative_offset_s`` (its
+    start less this one's, s; negative = earlier)."""
+    far = s.bins(s.start_alternative_s)
+    alt = next((c for c in ranked if abs(c.k - cand.k) > far), None)
+    cap = s.start_margin_cap
+    margin = cap if alt is None else min(cap, max(0.0, alt.score - cand.score))
+    a, b = s.start_fit
+    ev = {"start_margin": margin, "start_confidence": 1.0 / (1.0 + math.exp(-(a + b * margin)))}
+    if alt is not None:
+        ev["start_alternative_offset_s"] = (alt.k - cand.k) * s.grid_s
+    return ev
 
 
 def _ranked(load: _Load, tp: Taper, s: DetectorSettings, used: set[int]

@@ -618,6 +618,10 @@ def evaluate_cmd(
         for m, r in c["methods"].items():
             if r["status"] != "ok":
                 console.print(f"  {m}: {r['status']} ({escape(str(r['error']))})")
+            elif r.get("confident_starts") and c["true_sessions"]:
+                cs = r["confident_starts"]
+                console.print(f"  {m}: {cs['detections']} of {r['detections']} detections have a start confidence "
+                              f">= {cs['threshold']}: precision {cs['precision']:.2f}, recall {cs['recall']:.2f}")
     console.print(f"evaluated in {result['seconds']:.0f} s")
     if json_out is not None:
         try:

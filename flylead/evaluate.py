@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from detectors.charging import CONFIDENT_START
 from detectors.evaluate import false_alarms_per_100_weeks, household_days, household_weeks, match_sessions
 from simulators.corpora import CORPORA, NIGHT_WINDOW_H, Corpus, corpora
 
@@ -39,6 +40,7 @@ __all__ = ["CORPORA", "METHODS", "Detection", "MethodResult", "evaluate", "look_
 METHODS = ("flylead", "threshold", "pelt")
 
 
+
 @dataclass(frozen=True, slots=True)
 class Detection:
     """A detected session of any method, in the shape the metrics take.
@@ -47,12 +49,15 @@ class Detection:
         household: household id of the corpus.
         start, end: UTC epoch s.
         energy_kwh: energy the method attributes to the session, kWh.
+        start_confidence: how sure the method is of the start (0..1), for methods that say
+            (ours on polled power: ``evidence["start_confidence"]``); None otherwise.
     """
 
     household: str
     start: float
     end: float
     energy_kwh: float
+    start_confidence: float | None = None
 
 
 @dataclass(slots=True)
@@ -78,6 +83,7 @@ class MethodResult:
     false_alarms_per_100_household_weeks: float | None = None
     sessions: list[dict[str, Any]] = field(default_factory=list)
     true_found: list[tuple[str, float]] = field(default_factory=list)
+    confident_starts: dict[str, Any] | None = None
 
 
 def _detector(method: str, corpus: Corpus) -> Callable[[str, np.ndarray, np.ndarray], list[Detection]]:
@@ -88,7 +94,8 @@ def _detector(method: str, corpus: Corpus) -> Callable[[str, np.ndarray, np.ndar
             from detectors import detect_sessions
 
             def ours(h: str, t: np.ndarray, v: np.ndarray) -> list[Detection]:
-                return [Detection(h, s.start, s.end, s.energy_kwh) for s in detect_sessions(t, v, tz=corpus.tz)]
+                return [Detection(h, s.start, s.end, s.energy_kwh, s.evidence.get("start_confidence"))
+                        for s in detect_sessions(t, v, tz=corpus.tz)]
             return ours
         from detectors.interval import detect_interval_sessions  # written alongside; may be missing
 
@@ -131,14 +138,21 @@ def run_method(corpus: Corpus, method: str) -> MethodResult:
     m = match_sessions(found, corpus.truth)
     d = household_days(found, corpus.truth, spans, tz=corpus.tz)
     matched = {id(a) for a, _ in m.pairs}
+    sure = None
+    if any(f.start_confidence is not None for f in found):
+        kept = [f for f in found if f.start_confidence is not None and f.start_confidence >= CONFIDENT_START]
+        mc = match_sessions(kept, corpus.truth)
+        sure = {"threshold": CONFIDENT_START, "detections": len(kept), "tp": mc.tp,
+                "precision": mc.precision, "recall": mc.recall}
     return MethodResult(
         method, "ok", seconds=round(seconds, 3), detections=len(found), tp=m.tp, fp=m.fp, fn=m.fn,
         precision=m.precision, recall=m.recall, f1=m.f1,
         day={k: v for k, v in asdict(d).items()},
         false_alarms_per_100_household_weeks=false_alarms_per_100_weeks(m.fp, spans),
-        sessions=[{"household": s.household, "start": s.start, "end": s.end,
-                   "energy_kwh": s.energy_kwh, "matched": id(s) in matched} for s in found],
+        sessions=[{"household": s.household, "start": s.start, "end": s.end, "energy_kwh": s.energy_kwh,
+                   "start_confidence": s.start_confidence, "matched": id(s) in matched} for s in found],
         true_found=[(t.household, t.start) for _, t in m.pairs],
+        confident_starts=sure,
     )
 
 

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from detectors import ChargingSession
+from detectors.charging import CONFIDENT_START
 
 __all__ = ["FORMATS", "ExplainError", "HouseholdLoad", "from_csv", "from_scenario", "render_png"]
 
@@ -203,8 +204,13 @@ def _bad_utf8(path: Path) -> str:
 def _label(s: ChargingSession, zone: ZoneInfo, k: int) -> str:
     a, b = datetime.fromtimestamp(s.start, zone), datetime.fromtimestamp(s.end, zone)
     end = b.strftime("%H:%M") if b.date() == a.date() else b.strftime("%a %H:%M")
+    ev = s.evidence or {}
+    alt = ev.get("start_alternative_offset_s")
+    unsure = ""
+    if alt is not None and ev.get("start_confidence", 1.0) < CONFIDENT_START:
+        unsure = f", start unsure (or {datetime.fromtimestamp(s.start + alt, zone):%H:%M})"
     return (f"#{k} {a:%a %H:%M}-{end}\n{s.energy_kwh:.2f} kWh, {s.profile.replace('_', '-')}\n"
-            f"confidence {s.confidence:.2f}")
+            f"confidence {s.confidence:.2f}{unsure}")
 
 
 def _ylim(p: np.ndarray, floor: float = 50.0) -> float:

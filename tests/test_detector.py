@@ -318,6 +318,33 @@ def test_switch_on_merged_with_a_lamp():
     assert switch_on.rank_switch_ons(edges[:1], 0, 380, 400, [exp], **kw) == []
 
 
+def test_start_confidence_is_the_margin_to_the_best_start_30_min_away():
+    """The switch-on taken scores 1.0; a candidate 20 min later (same start to the
+    evaluation's 30 min) is no alternative; the next, 100 min later, scores 3.0: margin 2,
+    start confidence logistic(0.059 + 0.321 * 2) = 0.668, the alternative 6000 s later.
+    Alone, the margin is the cap (10): 0.963."""
+    from detectors.charging import _start_evidence
+
+    exp = switch_on.Expectation("lithium", 150.0, 12.5, 156.0)
+
+    def cand(k, score):
+        return switch_on.Candidate(k, 150.0, 150.0, exp, 0.0, 0.5, score)
+
+    s = DetectorSettings()
+    taken = cand(100, 1.0)
+    ev = _start_evidence([taken, cand(120, 1.5), cand(200, 3.0), cand(30, 4.0)], taken, s)
+    assert ev["start_margin"] == 2.0
+    assert ev["start_confidence"] == pytest.approx(1 / (1 + math.exp(-(0.059 + 0.321 * 2))))
+    assert round(ev["start_confidence"], 3) == 0.668
+    assert ev["start_alternative_offset_s"] == 6000.0
+    alone = _start_evidence([taken], taken, s)
+    assert alone["start_margin"] == 10.0 and round(alone["start_confidence"], 3) == 0.963
+    assert "start_alternative_offset_s" not in alone
+    # taken below a better-scored candidate the load did not support: margin 0, not negative
+    worse = cand(300, 2.0)
+    assert _start_evidence([cand(100, 1.0), worse], worse, s)["start_margin"] == 0.0
+
+
 def test_big_load_is_paired_only_with_a_switch_off_it_held_until():
     """A 2 kW heater switches on at bin 100; its switch-off at 130 is read as -1.5 kW (a
     500 W load switched on in the same minute), so it matches no pairing.  A kettle runs

@@ -263,6 +263,14 @@ def test_evaluate_command_writes_json_with_our_figures(tmp_path):
     assert ours["recall_look_alike"] == pytest.approx(sum(flag_hits) / 4)
     assert ours["recall_other"] == pytest.approx(sum(other_hits) / 16)
     assert "scenario sessions have a lamp, TV or computer" in res.output
+    # the detections with a confident start, scored on their own
+    cs = ours["confident_starts"]
+    sure = [d for d in ours["sessions"] if d["start_confidence"] >= 0.8]
+    assert cs["threshold"] == 0.8 and cs["detections"] == len(sure) > 0
+    assert cs["tp"] == sum(d["matched"] for d in sure)  # a confident start never steals a match here
+    assert cs["precision"] == pytest.approx(cs["tp"] / len(sure))
+    assert f"{len(sure)} of {ours['detections']} detections have a start confidence >= 0.8" in res.output
+    assert sim["methods"]["threshold"]["confident_starts"] is None
 
 
 def _sim_truth(seeds, draws):

@@ -167,3 +167,19 @@ def test_non_utf8_csv_names_the_line(tmp_path):
     path.write_bytes(b"meter_id,timestamp,power_w\nA1,2026-11-27T00:00:00Z,1\nA\xff1,2026-11-27T00:01:00Z,1\n")
     with pytest.raises(ExplainError, match=r"m.csv: line 3: not UTF-8 text: byte 0xff \(byte 2 of the line\)"):
         from_csv(path, "A1")
+
+
+def test_label_names_the_other_start_when_the_start_is_unsure():
+    """Start 21:00 local (13:00 UTC), start confidence 0.55 with the best other switch-on
+    73 min earlier: the label says so; at 0.9 it does not."""
+    from detectors import ChargingSession
+    from flylead.explain import _label
+
+    t = 1795870800.0  # 2026-11-28 13:00 UTC = 21:00 Asia/Shanghai
+    unsure = ChargingSession(t, t + 5 * 3600, 0.61, 150.0, 0.9, "lithium",
+                             {"start_confidence": 0.55, "start_alternative_offset_s": -73 * 60.0})
+    label = _label(unsure, ZoneInfo("Asia/Shanghai"), 1)
+    assert label == "#1 Sat 21:00-Sun 02:00\n0.61 kWh, lithium\nconfidence 0.90, start unsure (or 19:47)"
+    sure = ChargingSession(t, t + 5 * 3600, 0.61, 150.0, 0.9, "lithium",
+                           {"start_confidence": 0.9, "start_alternative_offset_s": -73 * 60.0})
+    assert _label(sure, ZoneInfo("Asia/Shanghai"), 1).endswith("confidence 0.90")
