@@ -728,14 +728,31 @@ def detect_sessions(
     """
     s = settings or DetectorSettings()
     t, p = _check(t, p_w)
-    valid = t[~np.isnan(p)][: s.phase_readings]
-    offset = steps.bin_offset(steps.grid_phase(valid, s.grid_s), s.grid_s) if valid.size else None
-    t0, x = to_grid(t, p, s, offset)
+    ok = ~np.isnan(p)
+    t, p = t[ok], p[ok]
+    if t.size == 0:
+        return []
+    offset = steps.bin_offset(steps.grid_phase(t[: s.phase_readings], s.grid_s), s.grid_s)
     zone = ZoneInfo(tz)
     out: list[ChargingSession] = []
-    for a, b in _segments(x):
-        out += _find_sessions(t0 + a * s.grid_s, x[a:b], s, zone)
+    for lo, hi in _runs(t, s, offset):
+        t0, x = to_grid(t[lo:hi], p[lo:hi], s, offset)
+        for a, b in _segments(x):
+            out += _find_sessions(t0 + a * s.grid_s, x[a:b], s, zone)
     return out
+
+
+def _runs(t: np.ndarray, s: DetectorSettings, offset: float) -> list[tuple[int, int]]:
+    """Index ranges ``[lo, hi)`` of ``t`` (shape (n,), UTC epoch s, increasing, n >= 1) with
+    no gap in them that holding the last value does not bridge (more than
+    ``bins(max_gap_s)`` empty bins on the grid of ``offset``).  Each is binned on its own,
+    so memory follows the readings, not the time they span: one stray timestamp decades
+    away (a 1970-01-01 in an export) would otherwise make a grid of millions of bins."""
+    g = s.grid_s
+    k = np.floor((t - offset) / g)
+    cut = np.flatnonzero(np.diff(k) - 1 > s.bins(s.max_gap_s)) + 1
+    edges = np.r_[0, cut, t.size]
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
 def gradual_fall(lasting: np.ndarray, switch_w: float) -> np.ndarray:

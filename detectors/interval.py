@@ -203,21 +203,22 @@ def _pieces(t: np.ndarray, p: np.ndarray, dt: float, max_fill: int) -> list[tupl
     slot = np.rint((t - t[0]) / dt).astype(np.int64)
     if np.any(np.diff(slot) <= 0):
         raise ValueError(f"t_end has two intervals less than interval_s ({dt} s) apart")
-    grid = np.full(int(slot[-1]) + 1, np.nan)
-    grid[slot] = p
-    tg = t[0] + np.arange(grid.size) * dt
-    idx = np.flatnonzero(np.isfinite(grid))
+    fin = np.isfinite(p)
+    idx, vals = slot[fin], p[fin]  # the slots that have a value
     if idx.size == 0:
         return []
+    # pieces are gridded one by one, so memory follows the readings, not the time they span
     cuts = np.flatnonzero(np.diff(idx) - 1 > max_fill)
     out = []
-    for a, b in zip(np.r_[idx[0], idx[cuts + 1]], np.r_[idx[cuts], idx[-1]]):
-        seg = grid[a : b + 1].copy()
+    for i, j in zip(np.r_[0, cuts + 1], np.r_[cuts, idx.size - 1]):
+        a, b = int(idx[i]), int(idx[j])
+        seg = np.full(b - a + 1, np.nan)
+        seg[idx[i: j + 1] - a] = vals[i: j + 1]
         ok = np.isfinite(seg)
         if not ok.all():
             xs = np.arange(seg.size)
             seg[~ok] = np.interp(xs[~ok], xs[ok], seg[ok])
-        out.append((tg[a : b + 1], seg))
+        out.append((t[0] + np.arange(a, b + 1) * dt, seg))
     return out
 
 

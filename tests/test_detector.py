@@ -65,6 +65,24 @@ def test_quiet_home_session_to_the_minute(profile, seed, period):
     assert 0.9 <= s.confidence <= 1.0
 
 
+def test_stray_timestamps_decades_away_are_binned_apart():
+    """A 1970-01-01 and a 2100-01-01 reading in a meter's export (a common glitch): the
+    session is the same, and the readings are binned in three runs of their own, so the
+    bins follow the ~2,900 readings, not the 130 years they span (which would be 68
+    million one-minute bins)."""
+    from detectors.charging import _runs
+
+    trace, (true,) = quiet_home("lithium", 2)
+    t, p = poll(trace, np.random.default_rng(0), jitter=0.0, drop=0.0)
+    (clean,) = detect_sessions(t, p)
+    ts, ps = np.r_[0.0, t, 4102444800.0], np.r_[5.0, p, 5.0]
+    assert detect_sessions(ts, ps) == [clean]
+    s = DetectorSettings()
+    runs = _runs(ts, s, 0.0)
+    assert runs == [(0, 1), (1, t.size + 1), (t.size + 1, t.size + 2)]
+    assert sum(steps.to_grid(ts[a:b], ps[a:b], 60.0, 15, 0.0)[1].size for a, b in runs) <= t.size + 2
+
+
 def test_quiet_home_lead_acid_60w_stage_is_followed_to_float():
     """Stage 2 at 45-65 W (domain-facts §2: ~60 W, which NILMTK's 70 W edge threshold
     misses) is followed to the float step: the session ends at the float's end, not at the

@@ -117,6 +117,29 @@ def test_gaps_and_missing_intervals_do_not_crash_or_create_sessions():
     assert abs(s.start - true.start) <= 30 * 60
 
 
+def test_stray_interval_decades_away_is_gridded_apart():
+    """A 1970 and a 2100 interval in a meter's export: the same session, and the pieces the
+    detector grids hold the ~200 intervals, not the 130 years between them (4.5 million
+    quarter-hours)."""
+    from detectors.interval import _pieces
+
+    trace, (true,) = quiet_home("lithium", 2)
+    t, e = interval_energy(trace)
+    (clean,) = detect_interval_sessions(t, e)
+    ts, es = np.r_[900.0, t, 4102444800.0], np.r_[0.001, e, 0.001]
+    assert detect_interval_sessions(ts, es) == [clean]
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        pieces = _pieces(ts, es * 3.6e6 / 900.0, 900.0, 2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [len(tp) for tp, _ in pieces] == [1, t.size, 1]
+    assert peak < 1_000_000  # bytes: a grid over the 130 years alone would be 36 MB
+
+
 def test_bad_input_is_named():
     t = DEFAULT_START + 900.0 * np.arange(1, 11)
     e = np.full(10, 0.05)
