@@ -146,6 +146,7 @@ def desk_serve(
     mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="Broker user with role desk (writes flylead/v1/+/cmd/#).")] = None,
     mqtt_password_env: Annotated[str, typer.Option("--mqtt-password-env", help="Environment variable holding that user's password.")] = "FLYLEAD_DESK_MQTT_PASSWORD",
     mqtt_ca: Annotated[Path | None, typer.Option("--mqtt-ca", help="CA certificate (PEM): connect with TLS trusting it.")] = None,
+    secure_cookies: Annotated[bool, typer.Option("--secure-cookies", help="Mark the session cookie Secure (browsers send it over HTTPS only): set it behind the TLS reverse proxy. Default: FLYLEAD_DESK_SECURE_COOKIES=1 in the environment, else off (the desk itself serves plain HTTP on loopback).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the alert desk web app, taking new alerts from the store every --sync-every s
@@ -177,7 +178,7 @@ def desk_serve(
             raise _fail(f"--mqtt-user {mqtt_user}: set its password in the environment variable {mqtt_password_env}")
         sender = AckSender(desk, mhost.strip("[]"), int(mport), username=mqtt_user, password=password,
                            tls=mqtt_ca is not None, ca_file=str(mqtt_ca) if mqtt_ca else None)
-    app = create_app(desk, reg, store_path=store_path, ack_sender=sender)
+    app = create_app(desk, reg, store_path=store_path, ack_sender=sender, secure_cookies=secure_cookies or None)
     try:
         server = make_server(app, host, port)
     except OSError as exc:

@@ -30,6 +30,8 @@ A step counts in the period in which it was recorded, whenever its case came in.
 from __future__ import annotations
 
 import calendar
+import html
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -223,14 +225,18 @@ the number of cases not closed at the end of the period.
 | Case | Village | Compound | Household | Alert | Since | State | Grid worker | Rebound |
 |---:|---|---|---|---|---|---|---|---|
 {% for c in r.outstanding_cases -%}
-| {{ c.case }} | {{ c.village | cell }} | {{ c.compound | cell }} | {{ c.household }} | {{ c.kind }} | {{ c.alert_start }} | {{ c.state }} | {{ c.worker | cell }} | {{ c.rebound }} |
+| {{ c.case }} | {{ c.village | cell }} | {{ c.compound | cell }} | {{ c.household | cell }} | {{ c.kind | cell }} | {{ c.alert_start }} | {{ c.state | cell }} | {{ c.worker | cell }} | {{ c.rebound }} |
 {% endfor -%}
 {% endif %}"""
 
 
 def _cell(text: object) -> str:
-    """Text safe inside a Markdown table cell (no pipe, no line break)."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """Text safe inside a Markdown table cell: no pipe, no line break, no HTML (``<``, ``>``,
+    ``&`` and quotes as entities: a renderer shows ``<script>`` as text), no link syntax
+    (brackets escaped), no other control characters."""
+    text = _CONTROL.sub(" ", str(text).replace("\r", " ").replace("\n", " "))
+    text = html.escape(text.replace("\\", "\\\\").replace("|", "\\|"), quote=True)
+    return text.replace("[", "\\[").replace("]", "\\]")
 
 
 def render_markdown(report: Report) -> str:
@@ -242,9 +248,37 @@ def render_markdown(report: Report) -> str:
     return env.from_string(_MARKDOWN).render(r=report, columns=COLUMNS)
 
 
+#: Control characters (C0 and DEL, C1) in report text: XLSX cannot hold most C0 ones
+#: (openpyxl raises IllegalCharacterError), Markdown should not.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: First characters that make a spreadsheet take a text as a formula (OWASP, "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _xlsx_text(value: object) -> object:
+    """A cell value safe to write: text without control characters (each replaced by
+    U+FFFD, so that it is seen that something was there); other values as they are."""
+    if isinstance(value, str):
+        return _CONTROL.sub("\ufffd", value)
+    return value
+
+
+def _append(ws: object, values: list[object]) -> None:
+    """Append a row of cleaned values; text that a spreadsheet would take as a formula
+    (``=HYPERLINK(...)``, ``+1``, ``@SUM``) is written as a literal string: type ``s``
+    and Excel's quote prefix (shown as typed, kept text when edited)."""
+    values = [_xlsx_text(v) for v in values]
+    ws.append(values)  # type: ignore[attr-defined]
+    for cell, value in zip(ws[ws.max_row], values, strict=False):  # type: ignore[attr-defined,index]
+        if isinstance(value, str) and value.lstrip(" \ufffd").startswith(_FORMULA_START):
+            cell.data_type = "s"
+            cell.quotePrefix = True
+
+
 def write_xlsx(report: Report, path: str | Path) -> None:
     """The report as an XLSX workbook: sheet "Report" (counts per village and the total),
-    sheet "Outstanding" (the cases open at the end of the period)."""
+    sheet "Outstanding" (the cases open at the end of the period).  All text is written
+    as text: control characters replaced, nothing taken as a formula (:func:`_append`)."""
     from openpyxl import Workbook
     from openpyxl.styles import Font
 
@@ -252,29 +286,29 @@ def write_xlsx(report: Report, path: str | Path) -> None:
     ws = wb.active
     ws.title = "Report"
     bold = Font(bold=True)
-    ws.append(["Flying-lead campaign: half-monthly report"])
+    _append(ws, ["Flying-lead campaign: half-monthly report"])
     ws["A1"].font = Font(bold=True, size=14)
-    ws.append(["Period", f"{report.first} to {report.last} ({report.tz}, both days included)"])
-    ws.append(["Generated", report.generated.strftime("%Y-%m-%d %H:%M %Z")])
+    _append(ws, ["Period", f"{report.first} to {report.last} ({report.tz}, both days included)"])
+    _append(ws, ["Generated", report.generated.strftime("%Y-%m-%d %H:%M %Z")])
     ws.append([])
-    ws.append(["Village", *COLUMNS.values()])
+    _append(ws, ["Village", *COLUMNS.values()])
     for cell in ws[5]:
         cell.font = bold
     for row in report.rows:
-        ws.append([row.name, *(row.counts[k] for k in COLUMNS)])
-    ws.append(["Total", *(report.total[k] for k in COLUMNS)])
+        _append(ws, [row.name, *(row.counts[k] for k in COLUMNS)])
+    _append(ws, ["Total", *(report.total[k] for k in COLUMNS)])
     for cell in ws[ws.max_row]:
         cell.font = bold
     ws.column_dimensions["A"].width = 28
     ws.column_dimensions["B"].width = 12
     out = wb.create_sheet("Outstanding")
     headings = ["Case", "Village", "Compound", "Household", "Alert", "Since", "State", "Grid worker", "Rebound"]
-    out.append(headings)
+    _append(out, headings)
     for cell in out[1]:
         cell.font = bold
     for c in report.outstanding_cases:
-        out.append([c["case"], c["village"], c["compound"], c["household"], c["kind"],
-                    c["alert_start"], c["state"], c["worker"], c["rebound"]])
+        _append(out, [c["case"], c["village"], c["compound"], c["household"], c["kind"],
+                      c["alert_start"], c["state"], c["worker"], c["rebound"]])
     wb.save(path)
 
 

@@ -382,6 +382,32 @@ def test_serve_listens_on_loopback_and_syncs(tmp_path: Path) -> None:
         proc.wait(10)
 
 
+def test_serve_secure_cookies_option(tmp_path: Path) -> None:
+    """`flylead desk serve --secure-cookies`: the session cookie set with the login form is
+    marked Secure; without the option (and without FLYLEAD_DESK_SECURE_COOKIES) it is not."""
+    import os
+    import urllib.request
+
+    sc = build_scenario(tmp_path)
+    exe = Path(sys.executable).with_name("flylead")
+    env = {k: v for k, v in os.environ.items() if k != "FLYLEAD_DESK_SECURE_COOKIES"}
+    seen = {}
+    for flag in ([], ["--secure-cookies"]):
+        proc = subprocess.Popen([str(exe), "desk", "serve", "--db", str(tmp_path / "s.sqlite"), "--registry",
+                                 str(sc.registry_path), "--store", str(sc.store_path), "--port", "0", *flag],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            m = re.match(r"alert desk on http://127\.0\.0\.1:(\d+)/", proc.stdout.readline())
+            assert m, proc.stderr.read() if proc.poll() is not None else "no first line"
+            with urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/login", timeout=5) as r:
+                seen[bool(flag)] = next(c for c in r.headers.get_all("Set-Cookie") if c.startswith("session="))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert "HttpOnly" in seen[False] and "Secure" not in seen[False]
+    assert "; Secure" in seen[True]
+
+
 def test_serve_refuses_a_missing_ca_and_a_taken_port(tmp_path: Path) -> None:
     """Named before the desk starts: a CA file for the acknowledgements' TLS that is missing
     or not PEM (paho raised from deep inside), and a port already taken (the reason was ": 1")."""

@@ -22,14 +22,18 @@ Roles: ``office`` sees and works every case; ``village`` only its village's case
 other case answers 404, so a village user cannot even learn which case ids exist.
 
 Security: passwords are argon2id hashes (see :mod:`broker.desk.db`); every POST needs the
-form's CSRF token (Flask-WTF); the session cookie is HttpOnly and SameSite=Lax; pages
-send a Content-Security-Policy allowing nothing but this origin.  :func:`serve` binds
+form's CSRF token (Flask-WTF); the session cookie is HttpOnly and SameSite=Lax, and Secure
+with ``secure_cookies`` (behind a TLS proxy); the session holds the user's session token,
+checked on every request, which a password change (``add-user --replace``) or a logout
+replaces, ending every session of the user (a saved copy of the cookie is then worthless);
+pages send a Content-Security-Policy allowing nothing but this origin.  :func:`serve` binds
 127.0.0.1 unless told otherwise: put a TLS-terminating reverse proxy in front of it to
 expose it.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -40,13 +44,18 @@ from flask_login import LoginManager, UserMixin, current_user, login_required, l
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
 from wtforms import HiddenField, PasswordField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
-from broker.desk.db import ACK_ACTIONS, ACTIONS, KIND_LABELS, MAX_NOTE, MAX_WORKER, STATES, Case, DeskDB, DeskError, User
+from broker.desk.db import (ACK_ACTIONS, ACTIONS, KIND_LABELS, MAX_NOTE, MAX_WORKER, NOTE_FORBIDDEN, STATES,
+                            WORKER_FORBIDDEN, Case, DeskDB, DeskError, User)
 from broker.desk.plot import active_power, plot_window, render_plot
 from broker.desk.registry import CAMPAIGN_YEARS, UNASSIGNED, Registry
 
-__all__ = ["create_app"]
+__all__ = ["SECURE_COOKIES_ENV", "create_app"]
+
+#: Environment variable that turns on ``secure_cookies`` when :func:`create_app` is not
+#: told either way ("1", "true", "yes", "on").
+SECURE_COOKIES_ENV = "FLYLEAD_DESK_SECURE_COOKIES"
 
 #: Button labels of the lifecycle actions.
 ACTION_LABELS = {
@@ -59,9 +68,18 @@ ACTION_LABELS = {
 
 
 class _LoginUser(UserMixin):
-    def __init__(self, user: User) -> None:
+    """The logged-in user; its id, kept in the session, is ``username:session token``."""
+
+    def __init__(self, user: User, token: str) -> None:
         self.user = user
-        self.id = user.username
+        self.id = f"{user.username}:{token}"
+
+
+def _no_control(pattern: Any, what: str) -> Any:
+    def check(form: FlaskForm, field: Any) -> None:
+        if field.data and pattern.search(field.data):
+            raise ValidationError(f"{what} must not contain control characters")
+    return check
 
 
 class LoginForm(FlaskForm):
@@ -71,8 +89,10 @@ class LoginForm(FlaskForm):
 
 class ActionForm(FlaskForm):
     action = HiddenField(validators=[DataRequired()])
-    worker = StringField("Grid worker", validators=[Optional(), Length(max=MAX_WORKER)])
-    note = TextAreaField("Note", validators=[Optional(), Length(max=MAX_NOTE)])
+    worker = StringField("Grid worker", validators=[Optional(), Length(max=MAX_WORKER),
+                                                    _no_control(WORKER_FORBIDDEN, "the name")])
+    note = TextAreaField("Note", validators=[Optional(), Length(max=MAX_NOTE),
+                                             _no_control(NOTE_FORBIDDEN, "the note (line breaks and tabs are fine)")])
 
 
 class LogoutForm(FlaskForm):
@@ -81,7 +101,7 @@ class LogoutForm(FlaskForm):
 
 def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str | Path | None = None,
                secret_key: str | None = None, config: dict[str, Any] | None = None,
-               ack_sender: Any | None = None) -> Flask:
+               ack_sender: Any | None = None, secure_cookies: bool | None = None) -> Flask:
     """The desk's Flask app.
 
     Args:
@@ -93,14 +113,22 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
             stay queued in the desk database).
         secret_key: session signing key (default: kept in the desk database).
         config: extra Flask config (tests set e.g. ``WTF_CSRF_ENABLED``).
+        secure_cookies: mark the session cookie ``Secure`` (sent over HTTPS only): for a
+            desk reached through a TLS-terminating proxy.  None: on if the environment
+            variable :data:`SECURE_COOKIES_ENV` says so, else off (the desk itself serves
+            plain HTTP on loopback).
     """
+    if secure_cookies is None:
+        secure_cookies = os.environ.get(SECURE_COOKIES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     desk = db if isinstance(db, DeskDB) else DeskDB(db)
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secret_key or desk.secret_key(),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies,
         REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SECURE=secure_cookies,
         # a session lasts a working shift (seconds)
         PERMANENT_SESSION_LIFETIME=12 * 3600,
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -117,9 +145,11 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
     login.session_protection = "strong"
 
     @login.user_loader
-    def load_user(username: str) -> _LoginUser | None:
-        user = desk.user(username)
-        return _LoginUser(user) if user else None
+    def load_user(user_id: str) -> _LoginUser | None:
+        # checked on every request: a password change or a logout since ends the session
+        username, sep, token = user_id.partition(":")
+        user = desk.session_user(username, token) if sep and token else None
+        return _LoginUser(user, token) if user else None
 
     tz = registry.zone
 
@@ -159,9 +189,9 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
     def login_page() -> Any:
         form = LoginForm()
         if form.validate_on_submit():
-            user = desk.check_password(form.username.data or "", form.password.data or "")
-            if user is not None:
-                login_user(_LoginUser(user))
+            found = desk.login(form.username.data or "", form.password.data or "")
+            if found is not None:
+                login_user(_LoginUser(*found))
                 return redirect(url_for("index"))
             flash("Wrong user name or password.", "error")
         return render_template("login.html", form=form), (401 if request.method == "POST" else 200)
@@ -170,6 +200,7 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
     @login_required
     def logout() -> Any:
         if LogoutForm().validate_on_submit():
+            desk.end_sessions(me().username)  # a saved copy of the cookie no longer works
             logout_user()
         return redirect(url_for("login"))
 
@@ -259,7 +290,12 @@ def create_app(db: DeskDB | str | Path, registry: Registry, *, store_path: str |
         case = visible_case(case_id)
         form = ActionForm()
         if not form.validate_on_submit():
-            abort(400)
+            if "csrf_token" in form.errors or "action" in form.errors:
+                abort(400)
+            # the case page again, naming the field and what is wrong with it
+            for name, errors in form.errors.items():
+                flash(f"{form[name].label.text}: {'; '.join(errors)}", "error")
+            return case_page(case_id), 400
         action = form.action.data or ""
         if action not in ACTIONS:
             abort(400)

@@ -30,6 +30,7 @@ mode), so the web server's threads, a sync thread and the CLI may share the file
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
 import re
 import secrets
@@ -45,7 +46,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from agent.schema import HAZARD_PATTERN, LATCHING_KINDS, NAME_PATTERN, AlertMsg
-from broker.desk.registry import Registry
+from broker.desk.registry import UNASSIGNED, Registry
 
 __all__ = [
     "ACK_ACTIONS",
@@ -97,6 +98,11 @@ KIND_LABELS = {
 #: Longest note or worker name kept (characters): a sentence or two, not a document.
 MAX_NOTE = 1000
 MAX_WORKER = 100
+#: Characters a grid worker's name may not hold: control characters (C0, DEL, C1).  They
+#: have no business in a name, and some cannot even be written to an XLSX cell.
+WORKER_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Characters a note may not hold: control characters other than tab and line breaks.
+NOTE_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 #: Seconds a write waits for another connection's lock before failing.
 _BUSY_TIMEOUT_S = 10.0
 
@@ -107,7 +113,9 @@ CREATE TABLE IF NOT EXISTS users (
     pw_hash  TEXT NOT NULL,          -- argon2id (argon2-cffi PasswordHasher)
     role     TEXT NOT NULL CHECK (role IN ('office', 'village')),
     village  TEXT,                   -- village id for role 'village', NULL for 'office'
-    created  REAL NOT NULL
+    created  REAL NOT NULL,
+    session_token TEXT NOT NULL DEFAULT ''  -- in every web session of the user; a new one
+                                     -- (password change, logout) ends all sessions
 );
 CREATE TABLE IF NOT EXISTS cases (
     id          INTEGER PRIMARY KEY,
@@ -282,8 +290,19 @@ class DeskDB:
             with self._db() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise DeskError(f"cannot open desk database {self.path!r}: {exc}") from exc
+        self._warned: set[tuple[str, str, str]] = set()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an earlier version up to date: users get a session
+        token (their sessions from before it end: they log in again)."""
+        with self._tx() as db:
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(users)").fetchall()}
+            if "session_token" not in columns:
+                db.execute("ALTER TABLE users ADD COLUMN session_token TEXT NOT NULL DEFAULT ''")
+            db.execute("UPDATE users SET session_token = lower(hex(randomblob(16))) WHERE session_token = ''")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -324,8 +343,13 @@ class DeskDB:
     # -- users ---------------------------------------------------------------------------
 
     def add_user(self, username: str, password: str, role: str, village: str | None = None,
-                 *, replace: bool = False) -> User:
+                 *, replace: bool = False, registry: Registry | None = None) -> User:
         """Create (or with ``replace`` update) a user; the password is stored argon2id-hashed.
+
+        A village must be a name (NAME_PATTERN) and not the pseudo-village of unregistered
+        households (:data:`~broker.desk.registry.UNASSIGNED`, the office's); with
+        ``registry``, one of its villages.  ``replace`` also ends the user's web sessions
+        (a new session token).
 
         Raises:
             DeskError: bad name, role, village or password, or the user exists and
@@ -339,14 +363,25 @@ class DeskDB:
             raise DeskError(f"user {username!r}: a village user needs a village")
         if role == "office" and village:
             raise DeskError(f"user {username!r}: an office user sees every village; give no village")
+        if village is not None and role == "village":
+            if village == UNASSIGNED:
+                raise DeskError(f"user {username!r}: village {village!r} is reserved for alerts of households "
+                                "not in the registry (office users see them)")
+            if not re.match(NAME_PATTERN, village):
+                raise DeskError(f"user {username!r}: village {village!r} must be a village id matching {NAME_PATTERN}")
+            if registry is not None and village not in registry.villages:
+                raise DeskError(f"user {username!r}: village {village!r} is not in the registry "
+                                f"(villages: {', '.join(sorted(registry.villages)) or 'none'})")
         if len(password) < 8 or not password.strip():
             raise DeskError(f"user {username!r}: password must have at least 8 characters, not only spaces")
         pw_hash = _hasher.hash(password)
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        query = "INSERT INTO users (username, pw_hash, role, village, created, session_token) VALUES (?,?,?,?,?,?)"
+        if replace:  # keeps 'created'; a new session token ends the user's sessions
+            query += (" ON CONFLICT (username) DO UPDATE SET pw_hash = excluded.pw_hash, role = excluded.role,"
+                      " village = excluded.village, session_token = excluded.session_token")
         try:
             with self._tx() as db:
-                db.execute(f"{verb} INTO users VALUES (?,?,?,?,?)",
-                           (username, pw_hash, role, village, time.time()))
+                db.execute(query, (username, pw_hash, role, village, time.time(), secrets.token_hex(16)))
         except DeskError as exc:
             if "UNIQUE" in str(exc):
                 raise DeskError(f"user {username!r} already exists in {self.path}") from None
@@ -362,6 +397,13 @@ class DeskDB:
     def check_password(self, username: str, password: str) -> User | None:
         """The user if ``password`` is theirs, else None (also for unknown users, after
         the same hashing work so that timing does not tell which names exist)."""
+        found = self.login(username, password)
+        return found[0] if found else None
+
+    def login(self, username: str, password: str) -> tuple[User, str] | None:
+        """(user, session token) if ``password`` is the user's, else None; see
+        :meth:`check_password`.  The web app keeps the token in the session and checks it
+        on every request (:meth:`session_user`)."""
         with self._db() as db:
             row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         pw_hash = row["pw_hash"] if row else _dummy_hash()
@@ -369,7 +411,26 @@ class DeskDB:
             _hasher.verify(pw_hash, password)
         except (VerificationError, InvalidHashError):
             return None
-        return User(row["username"], row["role"], row["village"]) if row else None
+        if row is None:
+            return None
+        return User(row["username"], row["role"], row["village"]), str(row["session_token"])
+
+    def session_user(self, username: str, token: str) -> User | None:
+        """The user of a web session, if ``token`` is still the user's session token (not
+        ended by a password change or a logout since), else None."""
+        with self._db() as db:
+            row = db.execute("SELECT username, role, village, session_token FROM users WHERE username = ?",
+                             (username,)).fetchone()
+        if row is None or not row["session_token"] or not hmac.compare_digest(
+                str(row["session_token"]).encode(), token.encode()):
+            return None
+        return User(row["username"], row["role"], row["village"])
+
+    def end_sessions(self, username: str) -> None:
+        """End every web session of ``username`` (a new session token); the web app's
+        logout calls it, so that a copy of the session cookie is worthless afterwards."""
+        with self._tx() as db:
+            db.execute("UPDATE users SET session_token = ? WHERE username = ?", (secrets.token_hex(16), username))
 
     def users(self) -> list[User]:
         with self._db() as db:
@@ -433,10 +494,15 @@ class DeskDB:
         note = note.strip()
         if len(note) > MAX_NOTE:
             raise DeskError(f"case {case_id}: note longer than {MAX_NOTE} characters")
+        if NOTE_FORBIDDEN.search(note):
+            raise DeskError(f"case {case_id}: the note must not contain control characters "
+                            "(line breaks and tabs are fine)")
         if action == "dispatch":
             worker = (worker or "").strip()
             if not worker or len(worker) > MAX_WORKER:
                 raise DeskError(f"case {case_id}: dispatch needs a grid worker name (1-{MAX_WORKER} characters)")
+            if WORKER_FORBIDDEN.search(worker):
+                raise DeskError(f"case {case_id}: the grid worker name must not contain control characters")
         src, dst = ACTIONS[action]
         now = time.time() if at is None else at
         with self._tx() as db:
@@ -517,48 +583,63 @@ class DeskDB:
         """Create a case for each alert not yet known; refresh the alert fields of known ones.
 
         Idempotent: an alert (gateway, alert_id) gets one case however often it is synced.
-        Known cases get the alert's latest fields, and their village and compound from
-        ``registry`` again (a household added to the registry later moves its cases there).
-        ``alerts`` may hold several messages of one alert (open, then closed); the latest
-        by ``ts`` wins for the alert fields.  New cases are created in order of alert start,
-        so a rebound is linked to the closed case before it.
+        ``alerts`` may hold several messages of one alert (open, then closed; the store's
+        every message, :meth:`broker.store.SqliteStore.alerts`).  Rules, against a gateway
+        that publishes a wrong message (a clock far off, a bug, a forgery):
+
+        - A case's household, device and kind are those of the alert's first message
+          (earliest ``ts``) when the case is created, and never change: a later message
+          of the same alert id naming another household, device or kind is logged and
+          ignored (it neither refreshes the case nor settles its acknowledgements).
+        - ``closed`` is final for an alert id (the agent opens a new alert id for a new
+          alarm: ``{device}:{hazard}:{start}``, ``{household}:ebike_charging:{start}``):
+          once a closed message was seen, the case's alert is closed and no open message,
+          of any ``ts``, reopens it or changes its fields.
+        - The alert fields (end, confidence, energy, peak, detail) are those of the closed
+          message with the greatest ``ts`` once there is one, else of the open message with
+          the greatest ``ts``.  (The one way the agent reuses an id: a charging alert
+          withdrawn while open, whose session qualifies again with the same start, is
+          published open and closed again; its final closed message then gives the fields.)
+
+        Village and compound come from ``registry`` on every sync, looked up by the case's
+        own (gateway, household): a household added to the registry later moves its cases
+        there; a message cannot move a case.  New cases are created in order of alert
+        start, so a rebound is linked to the closed case before it.
 
         Returns:
             The newly created cases (for notifications), in creation order.
         """
         now = time.time() if now is None else now
-        latest: dict[tuple[str, str], AlertMsg] = {}
+        by_alert: dict[tuple[str, str], list[AlertMsg]] = {}
         for a in alerts:
-            key = (a.gateway, a.alert_id)
-            old = latest.get(key)
-            if old is None or (a.ts, a.state == "closed") >= (old.ts, old.state == "closed"):
-                latest[key] = a
+            by_alert.setdefault((a.gateway, a.alert_id), []).append(a)
+        for msgs in by_alert.values():
+            msgs.sort(key=lambda m: (m.ts, m.state == "closed", m.msg_id))
         created: list[int] = []
         with self._tx() as db:
-            for a in sorted(latest.values(), key=lambda m: (m.start, m.gateway, m.alert_id)):
-                row = db.execute("SELECT id FROM cases WHERE gateway = ? AND alert_id = ?",
-                                 (a.gateway, a.alert_id)).fetchone()
-                village, compound = registry.locate(a.gateway, a.household)
-                if row is not None:  # the registry may have changed: it is the truth
-                    db.execute(
-                        "UPDATE cases SET alert_end = ?, alert_state = ?, confidence = ?,"
-                        " energy_kwh = ?, peak_w = ?, detail = ?, village = ?, compound = ? WHERE id = ?",
-                        (a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail, village,
-                         compound, row["id"]))
-                    if a.state == "closed" or "; ack=" in a.detail:
-                        # the gateway took the acknowledgement (its detail says ack=who@when),
-                        # or the alert is over: nothing more to send
-                        db.execute("UPDATE acks SET state = 'done', settled = ? WHERE case_id = ?"
-                                   " AND state IN ('pending', 'sent')", (now, row["id"]))
+            work = []
+            for key, msgs in by_alert.items():
+                row = db.execute("SELECT * FROM cases WHERE gateway = ? AND alert_id = ?", key).fetchone()
+                start = row["alert_start"] if row is not None else msgs[0].start
+                work.append((start, key, row, msgs))
+            work.sort(key=lambda w: (w[0], w[1]))
+            for _, (gateway, alert_id), row, msgs in work:
+                if row is not None:
+                    self._refresh_case(db, row, msgs, registry, now)
                     continue
-                rebound_of = self._rebound_of(db, a)
+                first = msgs[0]  # the case's household, device and kind from now on
+                same = self._consistent(first.household, first.device, first.kind, msgs,
+                                        f"new case of alert {alert_id!r} of {gateway}")
+                a = self._alert_fields(same)
+                village, compound = registry.locate(gateway, first.household)
+                rebound_of = self._rebound_of(db, first)
                 cur = db.execute(
                     "INSERT INTO cases (gateway, alert_id, household, device, village, compound,"
                     " kind, alert_start, alert_end, alert_state, confidence, energy_kwh, peak_w,"
                     " detail, state, rebound_of, created, updated)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'new',?,?,?)",
-                    (a.gateway, a.alert_id, a.household, a.device, village, compound, a.kind,
-                     a.start, a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail,
+                    (gateway, alert_id, first.household, first.device, village, compound, first.kind,
+                     first.start, a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail,
                      rebound_of, now, now))
                 case_id = int(cur.lastrowid or 0)
                 db.execute("INSERT INTO events (case_id, ts, username, action, from_state, to_state, note)"
@@ -567,6 +648,53 @@ class DeskDB:
                             f"rebound of case {rebound_of}" if rebound_of else ""))
                 created.append(case_id)
         return [c for c in (self.case(i) for i in created) if c is not None]
+
+    def _consistent(self, household: str, device: str, kind: str, msgs: list[AlertMsg],
+                    what: str) -> list[AlertMsg]:
+        """The messages of ``msgs`` naming the case's household, device and kind; the
+        others are logged (once per message and process) and left out."""
+        same = []
+        for m in msgs:
+            if (m.household, m.device, m.kind) == (household, device, kind):
+                same.append(m)
+                continue
+            key = (m.gateway, m.alert_id, m.msg_id)
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("%s: message %s (%s, ts %s) names household %r, device %r, kind %r, but the "
+                            "case is household %r, device %r, kind %r: ignored", what, m.msg_id, m.state,
+                            m.ts, m.household, m.device, m.kind, household, device, kind)
+        return same
+
+    @staticmethod
+    def _alert_fields(msgs: list[AlertMsg]) -> AlertMsg:
+        """The message that gives a case its alert fields (``msgs`` sorted by ts, not empty):
+        the latest closed one (closed is final), else the latest open one."""
+        closed = [m for m in msgs if m.state == "closed"]
+        return closed[-1] if closed else msgs[-1]
+
+    def _refresh_case(self, db: sqlite3.Connection, row: sqlite3.Row, msgs: list[AlertMsg],
+                      registry: Registry, now: float) -> None:
+        """Refresh a known case from its alert's messages (rules: :meth:`sync_alerts`)."""
+        village, compound = registry.locate(row["gateway"], row["household"])
+        if (village, compound) != (row["village"], row["compound"]):  # the registry is the truth
+            db.execute("UPDATE cases SET village = ?, compound = ? WHERE id = ?", (village, compound, row["id"]))
+        same = self._consistent(row["household"], row["device"], row["kind"], msgs,
+                                f"case {row['id']} (alert {row['alert_id']!r} of {row['gateway']})")
+        if not same:
+            return
+        a = self._alert_fields(same)
+        if row["alert_state"] != "closed" or a.state == "closed":  # no open message after a close
+            db.execute(
+                "UPDATE cases SET alert_end = ?, alert_state = ?, confidence = ?, energy_kwh = ?,"
+                " peak_w = ?, detail = ? WHERE id = ?",
+                (a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail, row["id"]))
+        closed = row["alert_state"] == "closed" or a.state == "closed"
+        if closed or any("; ack=" in m.detail for m in same):
+            # the gateway took the acknowledgement (its detail says ack=who@when), or the
+            # alert is over: nothing more to send
+            db.execute("UPDATE acks SET state = 'done', settled = ? WHERE case_id = ?"
+                       " AND state IN ('pending', 'sent')", (now, row["id"]))
 
     @staticmethod
     def _rebound_of(db: sqlite3.Connection, a: AlertMsg) -> int | None:
@@ -587,14 +715,17 @@ def _dummy_hash() -> str:
 
 
 def sync_from_store(desk: DeskDB, store: Any, registry: Registry, *, now: float | None = None) -> list[Case]:
-    """Create cases for new alerts of a :class:`~broker.store.SqliteStore` (its alerts
-    table); see :meth:`DeskDB.sync_alerts`.
+    """Create cases for new alerts of a :class:`~broker.store.SqliteStore` (all messages
+    of its alerts table); see :meth:`DeskDB.sync_alerts`.
 
     Raises:
         StoreError: the store cannot be read.
         DeskError: the desk database cannot be written.
     """
-    return desk.sync_alerts(store.latest_alerts(), registry, now=now)
+    # every message, not only the latest per alert: a message with a wrong (far-future) ts
+    # must not hide the alert's closed message (DeskDB.sync_alerts)
+    alerts = store.alerts() if hasattr(store, "alerts") else store.latest_alerts()
+    return desk.sync_alerts(alerts, registry, now=now)
 
 
 __all__ += ["sync_from_store"]
