@@ -1,8 +1,9 @@
 """MQTT → store: the server side of the topic scheme in :mod:`agent.schema`.
 
 :class:`Ingest` subscribes (QoS 1) to every gateway's telemetry, alerts and status,
-validates each payload with the same pydantic models the agent builds them with, drops
-duplicates by ``msg_id`` and writes batches to a :class:`~broker.store.Store`.
+validates each payload with the same pydantic models the agent builds them with (in
+pydantic's strict mode, plus the checks below), drops duplicates by ``msg_id`` and writes
+batches to a :class:`~broker.store.Store`.
 
 Delivery guarantee — at least once into the store, exactly once in effect:
 
@@ -36,21 +37,42 @@ messages stay on an ordinary subscription, so every member tracks every gateway'
 (and gets the retained ones, which MQTT 5 never sends to shared subscriptions).
 
 Rejected messages (counted in :attr:`Ingest.rejected`, by reason in
-:attr:`Ingest.rejections`, logged on logger ``flylead.ingest``; never raised):
+:attr:`Ingest.rejections`, logged as a warning on logger ``flylead.ingest`` with topic,
+reason and cause, at most one line per reason every :data:`_LOG_EVERY_S` after the first
+ten; never raised; not stored):
 
     too_large     payload over :data:`agent.schema.MAX_PAYLOAD_BYTES`
     bad_topic     topic outside the scheme
-    invalid_json  not UTF-8 JSON
-    schema        JSON that fails TelemetryMsg/AlertMsg validation (types, NaN, names...)
-    mismatch      topic gateway/device/household differ from the payload's
-    bad_status    status payload not {"state": "online"|"offline", ...}
+    invalid_json  not UTF-8 JSON (also nesting deeper than the JSON parser allows)
+    schema        JSON that fails TelemetryMsg/AlertMsg validation in strict mode: a wrong
+                  type is refused, never coerced (``"220"``, ``true`` for a number,
+                  ``"ts": "1795838400"``, ``"v": true`` or ``1.0``; a JSON integer is
+                  accepted for a float field), NaN, unknown names or fields...; and an
+                  alert whose ``end`` is before its ``start``, or whose ``end`` is present
+                  while ``open`` / missing while ``closed``
+    mismatch      topic gateway/device/household differ from the payload's; a ``msg_id``
+                  that does not start with ``{gateway}:`` (so one gateway cannot use up
+                  another's ids in the dedupe); an ``alert_id`` already known (to this
+                  ingest or in the store) with another household, device or kind (not
+                  ``start``: the agent refines a charging session's start between the
+                  open and the closed message of one alert_id)
+    future        ``ts``, ``start`` or ``end`` more than ``max_future_s`` ahead of this
+                  host's wall clock (only when ``max_future_s`` is set; off by default)
+    bad_status    status payload not {"state": "online"|"offline", ...} (also nesting
+                  too deep for the JSON parser)
     internal      a bug in this module (logged with traceback)
+
+A message the store refuses (:meth:`broker.store.SqliteStore.write` returns it: an
+``alert_id`` whose identity differs from the stored one, e.g. written meanwhile by another
+ingest of a shared group) is counted and logged as ``mismatch`` too, after it was counted
+in :attr:`Ingest.accepted`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -63,7 +85,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
 
 from agent.schema import (
     ALERT_SUBSCRIPTION,
@@ -112,6 +134,25 @@ _LOG_EVERY_S = 10.0
 _NAME = re.compile(NAME_PATTERN)
 _STATUS_STATES = ("online", "offline")
 
+#: An alert's identity: (household, device, kind), fixed once a gateway's alert_id is known.
+#: ``start`` is not part of it: the agent's charging alerts keep the alert_id of the open
+#: message (made from the start known then) when the closed message reports a refined start.
+AlertIdentity = tuple[str, str, str]
+
+
+class _Version(BaseModel):
+    """``v`` as JSON gives it: the schema's ``Literal[1]`` also matches ``true`` and ``1.0``
+    (Python equality), even in strict mode; this one accepts only the JSON integer."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    v: StrictInt = 1
+
+
+def alert_identity(msg: AlertMsg) -> AlertIdentity:
+    """What a later message of the same gateway and ``alert_id`` may not change."""
+    return (msg.household, msg.device, msg.kind)
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -146,10 +187,16 @@ class Ingest:
             sessions never expire).
         shared_group: share telemetry and alert subscriptions with the other ingests of
             this group (a name, see module docstring); None (default): receive everything.
+        max_future_s: reject (reason ``future``) a message whose ``ts``, or an alert whose
+            ``start`` or ``end``, is more than this many seconds ahead of this host's wall
+            clock (``time.time()``); a finite number >= 0.  None (default): no such check,
+            because the demo and the tests run gateways on an accelerated simulated clock
+            whose times may lie ahead of the wall clock (flylead/clock.py).  Set it in a
+            deployment whose gateways keep real time (e.g. 300).
 
     Attributes (read from any thread):
         accepted: valid new telemetry and alert messages queued for the store.
-        stored: messages written to the store.
+        stored: messages written to the store (not those the store refused).
         rejected: messages refused (see module docstring), by reason in ``rejections``.
         duplicates: valid messages dropped because their msg_id was already accepted.
 
@@ -172,6 +219,7 @@ class Ingest:
         gateway: str = "+",
         session_expiry_s: int = SESSION_EXPIRY_S,
         shared_group: str | None = None,
+        max_future_s: float | None = None,
     ) -> None:
         if protocol not in ("3.1.1", "5"):
             raise ValueError(f"Ingest protocol must be '3.1.1' or '5', got {protocol!r}")
@@ -185,6 +233,11 @@ class Ingest:
             raise ValueError("Ingest client_id must not be empty (it keys the persistent session)")
         if shared_group is not None and not _NAME.match(shared_group):
             raise ValueError(f"Ingest shared_group must match {NAME_PATTERN}, got {shared_group!r}")
+        if max_future_s is not None and (isinstance(max_future_s, bool)
+                                         or not isinstance(max_future_s, int | float)
+                                         or not math.isfinite(max_future_s) or max_future_s < 0):
+            raise ValueError(f"Ingest max_future_s must be None or a finite number >= 0, got {max_future_s!r}")
+        self.max_future_s = None if max_future_s is None else float(max_future_s)
         self.store = store
         self.host, self.port, self.client_id = host, port, client_id
         self.batch_size, self.flush_interval_s = batch_size, flush_interval_s
@@ -209,6 +262,8 @@ class Ingest:
         self._cond = threading.Condition()  # guards everything below
         self._pending: list[_Entry] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # (gateway, alert_id) -> identity of the first accepted message (bounded like _seen)
+        self._alert_ids: OrderedDict[tuple[str, str], AlertIdentity] = OrderedDict()
         self._enqueued = 0  # entries ever queued
         self._done = 0  # entries ever processed (stored and acked)
         self._oldest = 0.0  # monotonic arrival of _pending[0]
@@ -300,11 +355,17 @@ class Ingest:
             self.rejected += 1
             self.rejections["internal"] += 1
             log.exception("ingest %s: failed on a message on %r", self.client_id, message.topic)
+        known: AlertIdentity | None = None
+        if isinstance(msg, AlertMsg):
+            known = self._known_identity(msg)
+        conflict: str | None = None
         with self._cond:
             if msg is not None:
                 if msg.msg_id in self._seen:
                     self._seen.move_to_end(msg.msg_id)
                     self.duplicates += 1
+                    msg = None
+                elif isinstance(msg, AlertMsg) and (conflict := self._check_identity(msg, known)):
                     msg = None
                 else:
                     self._seen[msg.msg_id] = None
@@ -321,6 +382,46 @@ class Ingest:
             self._enqueued += 1
             if len(self._pending) == 1 or len(self._pending) >= self.batch_size:
                 self._cond.notify_all()  # the flusher sleeps without timeout when idle
+        if conflict is not None:
+            self._reject("mismatch", message.topic, conflict)
+
+    def _known_identity(self, msg: AlertMsg) -> AlertIdentity | None:
+        """The identity this ingest or the store knows for ``msg``'s alert, or None.
+
+        The store is asked (its optional ``alert_identity`` method) only for an alert_id
+        this ingest has not seen since it started; if the store cannot answer, only this
+        ingest's memory counts (the store's own check in ``write`` remains)."""
+        key = (msg.gateway, msg.alert_id)
+        with self._cond:
+            if key in self._alert_ids:
+                return self._alert_ids[key]
+        lookup = getattr(self.store, "alert_identity", None)
+        if lookup is None:
+            return None
+        try:
+            return lookup(msg.gateway, msg.alert_id)
+        except Exception as exc:  # StoreError: the store is down; its write checks again
+            log.debug("ingest %s: store cannot tell alert %s's identity: %s", self.client_id,
+                      msg.alert_id, exc)
+            return None
+
+    def _check_identity(self, msg: AlertMsg, known: AlertIdentity | None) -> str | None:
+        """Why ``msg`` contradicts its alert's known identity, or None (and remember it).
+
+        Call with ``_cond`` held; ``known`` from :meth:`_known_identity`."""
+        key = (msg.gateway, msg.alert_id)
+        known = self._alert_ids.get(key, known)
+        mine = alert_identity(msg)
+        if known is not None and tuple(known) != mine:
+            fields = ("household", "device", "kind")
+            diff = ", ".join(f"{f} {n!r} (known {k!r})"
+                             for f, k, n in zip(fields, known, mine, strict=True) if k != n)
+            return f"msg_id {msg.msg_id!r}: alert_id {msg.alert_id!r} already known with other identity: {diff}"
+        self._alert_ids[key] = mine
+        self._alert_ids.move_to_end(key)
+        if len(self._alert_ids) > DEDUPE_SIZE:
+            self._alert_ids.popitem(last=False)
+        return None
 
     def _parse(self, topic: str, payload: bytes) -> TelemetryMsg | AlertMsg | None:
         """The message to store, None for a status message; _Rejected if invalid."""
@@ -338,7 +439,8 @@ class Ingest:
             raise _Rejected("bad_topic", "not in the topic scheme")
         model = AlertMsg if parts[3] == "alert" else TelemetryMsg  # health: telemetry-shaped
         try:
-            msg = model.model_validate_json(payload)
+            msg = model.model_validate_json(payload, strict=True)
+            _Version.model_validate_json(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
             if first["type"] == "json_invalid":
@@ -347,10 +449,27 @@ class Ingest:
             raise _Rejected("schema", f"{exc.error_count()} errors, first {where}: {first['msg']}") from None
         if msg.gateway != gateway:
             raise _Rejected("mismatch", f"payload gateway {msg.gateway!r}")
+        if not msg.msg_id.startswith(f"{gateway}:"):
+            raise _Rejected("mismatch", f"msg_id {msg.msg_id!r} does not start with {gateway + ':'!r}")
         if isinstance(msg, TelemetryMsg) and msg.device != parts[4]:
             raise _Rejected("mismatch", f"payload device {msg.device!r}")
-        if isinstance(msg, AlertMsg) and msg.household != parts[4]:
-            raise _Rejected("mismatch", f"payload household {msg.household!r}")
+        if isinstance(msg, AlertMsg):
+            if msg.household != parts[4]:
+                raise _Rejected("mismatch", f"payload household {msg.household!r}")
+            if msg.end is not None and msg.end < msg.start:
+                raise _Rejected("schema", f"alert {msg.alert_id!r}: end {msg.end} before start {msg.start}")
+            if (msg.end is None) != (msg.state == "open"):
+                raise _Rejected("schema", f"alert {msg.alert_id!r}: state {msg.state!r} with end {msg.end}"
+                                " (end is set exactly when closed)")
+        if self.max_future_s is not None:
+            limit = time.time() + self.max_future_s
+            times = {"ts": msg.ts}
+            if isinstance(msg, AlertMsg):
+                times |= {"start": msg.start, "end": msg.end}
+            for name, t in times.items():
+                if t is not None and t > limit:
+                    raise _Rejected("future", f"msg_id {msg.msg_id!r}: {name} {t} is {t - limit + self.max_future_s:.0f} s"
+                                    f" ahead of this host's clock (max_future_s {self.max_future_s:g})")
         return msg
 
     def _handle_status(self, gateway: str, payload: bytes) -> None:
@@ -359,10 +478,12 @@ class Ingest:
             return
         try:
             state = json.loads(payload)["state"]
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: nesting
             raise _Rejected("bad_status", f"no JSON state: {type(exc).__name__}") from None
+        if not isinstance(state, str):  # never str() a nested structure (recursion, log size)
+            raise _Rejected("bad_status", f"state is a JSON {type(state).__name__}, not a string")
         if state not in _STATUS_STATES:
-            raise _Rejected("bad_status", f"state {str(state)[:40]!r} not in {_STATUS_STATES}")
+            raise _Rejected("bad_status", f"state {state[:40]!r} not in {_STATUS_STATES}")
         if self._status.get(gateway) != state:
             log.info("gateway %s is %s", gateway, state)
         self._status[gateway] = state
@@ -402,9 +523,10 @@ class Ingest:
                     self._cond.wait(due)
                 batch = self._pending[: self.batch_size]
             msgs = [e.msg for e in batch if e.msg is not None]
+            refused: list[TelemetryMsg | AlertMsg] = []
             try:
                 if msgs:
-                    self.store.write(msgs)
+                    refused = list(self.store.write(msgs) or ())
             except Exception as exc:
                 with self._cond:
                     self._store_error = f"{type(exc).__name__}: {exc}"
@@ -417,13 +539,20 @@ class Ingest:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             delay = RETRY_FIRST_S
+            for m in refused:  # the store's identity check (SqliteStore.write)
+                with self._cond:
+                    if isinstance(m, AlertMsg):  # let the next message be compared with the store
+                        self._alert_ids.pop((m.gateway, m.alert_id), None)
+                topic = alert_topic(m.gateway, m.household) if isinstance(m, AlertMsg) else "?"
+                self._reject("mismatch", topic, f"msg_id {m.msg_id!r}: refused by the store "
+                             "(alert_id stored with another household, device or kind)")
             self._ack(batch)
             with self._cond:
                 del self._pending[: len(batch)]
                 if self._pending:
                     self._oldest = time.monotonic()
                 self._done += len(batch)
-                self.stored += len(msgs)
+                self.stored += len(msgs) - len(refused)
                 self._store_error = None
                 if self._done >= self._enqueued:
                     self._flush_now = False

@@ -10,6 +10,11 @@ Two stores implement :class:`Store`:
 Both are idempotent: writing a message that is already stored changes nothing, so the
 ingest may write a batch again after a failure or a redelivery.
 
+:class:`SqliteStore` also keeps an alert's identity fixed: once a gateway's ``alert_id`` is
+stored, a message of the same gateway and ``alert_id`` with another household, device
+or kind is not stored (:meth:`SqliteStore.write` returns it and logs it on logger
+``flylead.store``).
+
 :func:`open_store` builds one from a URL::
 
     sqlite:///relative/path.sqlite      path relative to the working directory
@@ -24,6 +29,7 @@ All timestamps are UTC epoch seconds.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -41,6 +47,8 @@ __all__ = ["InfluxStore", "SqliteStore", "Store", "StoreError", "open_store"]
 
 Msg = TelemetryMsg | AlertMsg
 
+log = logging.getLogger("flylead.store")
+
 
 class StoreError(Exception):
     """A write or read failed; the message names the store and the cause.
@@ -54,8 +62,12 @@ class StoreError(Exception):
 class Store(Protocol):
     """What the ingest writes to."""
 
-    def write(self, msgs: Sequence[TelemetryMsg | AlertMsg]) -> None:
+    def write(self, msgs: Sequence[TelemetryMsg | AlertMsg]) -> Sequence[TelemetryMsg | AlertMsg] | None:
         """Store ``msgs``; messages already stored (same ``msg_id``) are left as they are.
+
+        Returns:
+            The messages refused for good and not stored (SqliteStore: an alert whose
+            ``alert_id`` is stored with another identity); None or empty: none refused.
 
         Raises:
             StoreError: the batch could not be stored (safe to retry).
@@ -116,6 +128,11 @@ class SqliteStore:
     the indexed columns next to the whole message as JSON, so an alert's ``open`` and
     ``closed`` messages are both kept.  ``msg_id`` is the primary key of both, and rows
     are inserted with ``INSERT OR IGNORE``: a message delivered twice is stored once.
+    (msg_ids are unique across gateways because the ingest accepts only msg_ids that
+    start with ``{gateway}:``, docs/mqtt.md.)  An alert message whose gateway and
+    ``alert_id`` are stored already with another household, device or kind is not
+    inserted: the first stored message fixes the alert's identity (``start`` may change:
+    the agent refines a charging session's start between its open and closed messages).
 
     Thread-safe: one connection guarded by a lock (the ingest writes from its flusher
     thread while the demo reads from another).
@@ -159,8 +176,15 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite store {self.path!r}: {what} failed: {exc}") from exc
 
-    def write(self, msgs: Sequence[TelemetryMsg | AlertMsg]) -> None:
+    def write(self, msgs: Sequence[TelemetryMsg | AlertMsg]) -> list[AlertMsg]:
         """Insert ``msgs`` in one transaction; already stored ``msg_id``\\ s are skipped.
+
+        An alert message whose gateway and ``alert_id`` are stored already (or come earlier
+        in ``msgs``) with another household, device or kind is not inserted; it is
+        logged as a warning on logger ``flylead.store`` and returned.
+
+        Returns:
+            The alert messages refused for a changed identity, in batch order.
 
         Raises:
             StoreError: SQLite failed (nothing of this batch is stored).
@@ -171,20 +195,47 @@ class SqliteStore:
             (m.msg_id, m.gateway, m.device, m.household, m.ts, json.dumps(m.values))
             for m in msgs if isinstance(m, TelemetryMsg)
         ]
-        alerts = [
-            (m.msg_id, m.alert_id, m.gateway, m.household, m.device, m.kind, m.state,
-             m.ts, m.start, m.model_dump_json())
-            for m in msgs if isinstance(m, AlertMsg)
-        ]
+        refused: list[AlertMsg] = []
         with self._locked("write") as db:
-            db.execute("BEGIN")
+            db.execute("BEGIN IMMEDIATE")  # identity reads and inserts in one write lock
             try:
                 db.executemany("INSERT OR IGNORE INTO telemetry VALUES (?,?,?,?,?,?)", telemetry)
-                db.executemany("INSERT OR IGNORE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?)", alerts)
+                for m in msgs:
+                    if not isinstance(m, AlertMsg):
+                        continue
+                    known = self._identity(db, m.gateway, m.alert_id)
+                    mine = (m.household, m.device, m.kind)
+                    if known is not None and known != mine:
+                        refused.append(m)
+                        continue
+                    db.execute("INSERT OR IGNORE INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?)",
+                               (m.msg_id, m.alert_id, m.gateway, m.household, m.device, m.kind,
+                                m.state, m.ts, m.start, m.model_dump_json()))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+        for m in refused:
+            log.warning("store %s refused alert message %r of gateway %r: alert_id %r is stored "
+                        "with another identity (household, device, kind) than %r",
+                        self.path, m.msg_id, m.gateway, m.alert_id, (m.household, m.device, m.kind))
+        return refused
+
+    @staticmethod
+    def _identity(db: sqlite3.Connection, gateway: str, alert_id: str) -> tuple[str, str, str] | None:
+        row = db.execute("SELECT household, device, kind FROM alerts WHERE gateway = ? AND alert_id = ?"
+                         " ORDER BY rowid LIMIT 1", (gateway, alert_id)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def alert_identity(self, gateway: str, alert_id: str) -> tuple[str, str, str] | None:
+        """(household, device, kind) of the first stored message of ``gateway``'s
+        ``alert_id``, or None when none is stored.
+
+        Raises:
+            StoreError: SQLite failed.
+        """
+        with self._locked("reading an alert's identity") as db:
+            return self._identity(db, gateway, alert_id)
 
     def alerts(self, kind: str | None = None, state: str | None = None) -> list[AlertMsg]:
         """Every stored alert message, optionally of one ``kind`` and/or ``state``.
@@ -273,6 +324,9 @@ class InfluxStore:
     overwrites the point; VictoriaMetrics keeps one sample when run with
     ``-dedup.minScrapeInterval=1ms`` (as .ci/services.sh does).  Two telemetry
     messages of one device within the same millisecond overwrite each other.
+
+    No alert identity check here (it would need a query per alert): only the ingest's
+    memory of the alert_ids it has seen keeps an alert's identity fixed.
 
     Writes are synchronous, chunked by ``batch_size``; failed HTTP requests are retried
     :data:`INFLUX_RETRIES` times (writes are idempotent, so retrying a POST is safe).

@@ -263,6 +263,7 @@ def ingest(
     broker: Annotated[str, typer.Option(help="MQTT broker HOST:PORT.")] = "127.0.0.1:1883",
     store: Annotated[str, typer.Option(help="Store URL: sqlite:///FILE or influxdb://HOST:PORT/BUCKET?org=..&token=..")] = "sqlite:///flylead.sqlite",
     mqtt_protocol: Annotated[str, typer.Option("--mqtt-protocol")] = "5",
+    max_future_s: Annotated[float, typer.Option("--max-future-s", parser=_number(0), help="Reject a message whose ts, start or end is more than this many seconds ahead of this host's clock (a gateway with a wrong clock); gateways stamp UTC, so a day covers any time-zone mistake but not a wrong year.")] = 86400.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Subscribe to telemetry and alerts and write them to the store until SIGTERM."""
@@ -277,7 +278,7 @@ def ingest(
         st = open_store(store)
     except (ValueError, StoreError) as exc:
         raise typer.BadParameter(f"--store: {exc}") from None
-    ing = Ingest(st, host, port, protocol=mqtt_protocol)
+    ing = Ingest(st, host, port, protocol=mqtt_protocol, max_future_s=max_future_s)
     try:
         ing.start()
     except TimeoutError as exc:

@@ -94,14 +94,19 @@ def hostile(msgs: MsgFactory) -> tuple[list[tuple[str, bytes]], dict[str, int]]:
         # gateway names with " , = space + : invalid names in the payload
         *[(tel, _json({**good, "msg_id": f"t-gw{i}", "gateway": bad}))
           for i, bad in enumerate(['gw"1', "gw,1", "gw=1", "gw 1", "gw+1", "gw\n1", ""])],
+        # strict types: no coercion of bools and strings to numbers
+        (tel, _json({**good, "msg_id": f"{gw}:t-bool", "values": {"voltage": True}})),
+        (tel, _json({**good, "msg_id": f"{gw}:t-strts", "ts": str(good["ts"])})),
         # mismatch: valid payload, but topic says otherwise
-        (telemetry_topic(gw, "meter-2"), _json({**good, "msg_id": "t-dev"})),
-        (alert_topic(gw, "hh-2"), _json({**alert, "msg_id": "a-hh"})),
+        (telemetry_topic(gw, "meter-2"), _json({**good, "msg_id": f"{gw}:t-dev"})),
+        (alert_topic(gw, "hh-2"), _json({**alert, "msg_id": f"{gw}:a-hh"})),
+        # mismatch: another gateway's msg_id
+        (tel, _json({**good, "msg_id": f"x{gw}:1"})),
         # bad_status
         (status_topic(gw), b'{"state": "on fire"}'),
         (status_topic(gw), b"online"),
     ]
-    expected = {"too_large": 1, "invalid_json": 3, "schema": 20, "mismatch": 2, "bad_status": 2}
+    expected = {"too_large": 1, "invalid_json": 3, "schema": 22, "mismatch": 3, "bad_status": 2}
     assert sum(expected.values()) == len(cases)
     return cases, expected
 

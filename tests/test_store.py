@@ -75,6 +75,25 @@ def test_sqlite_latest_alert_per_gateway(sqlite_store: SqliteStore, uid: str) ->
     assert sqlite_store.latest_alerts() == [a1, a2]
 
 
+def test_sqlite_alert_identity_is_fixed_by_the_first_stored_message(
+        sqlite_store: SqliteStore, msgs: MsgFactory, uid: str, caplog: pytest.LogCaptureFixture) -> None:
+    opened = msgs.alert("a1", household="hh-1", device="meter-1")
+    moved = msgs.alert("a1", "closed", household="hh-2")  # same batch as the first: refused too
+    assert sqlite_store.write([opened, moved]) == [moved]
+    changes = [msgs.alert("a1", "closed", device="meter-2"), msgs.alert("a1", "closed", kind="overload")]
+    closed = msgs.alert("a1", "closed", start=T0 + 900.0)  # a refined start is the same alert
+    assert sqlite_store.write([*changes, closed, opened]) == changes  # opened again: idempotent
+    assert sqlite_store.alerts() == [opened, closed]
+    assert sqlite_store.alert_identity(msgs.gateway, "a1") == ("hh-1", "meter-1", "ebike_charging")
+    assert sqlite_store.alert_identity(msgs.gateway, "a2") is None
+    # alert_id is per gateway: another gateway's a1 is another alert
+    other = MsgFactory(f"gw9-{uid}").alert("a1", household="hh-9")
+    assert sqlite_store.write([other]) == []
+    refusals = [r.getMessage() for r in caplog.records if r.name == "flylead.store"]
+    assert len(refusals) == 3
+    assert f"refused alert message {moved.msg_id!r} of gateway {msgs.gateway!r}: alert_id 'a1'" in refusals[0]
+
+
 def test_sqlite_concurrent_writes_and_reads(sqlite_store: SqliteStore, msgs: MsgFactory) -> None:
     batches = [[msgs.telemetry(f"meter-{i}") for _ in range(50)] for i in range(8)]
     errors: list[BaseException] = []
