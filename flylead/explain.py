@@ -16,7 +16,7 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,9 +29,6 @@ __all__ = ["FORMATS", "ExplainError", "HouseholdLoad", "from_csv", "from_scenari
 
 #: Picture formats written, by the output's extension.
 FORMATS = ("png", "pdf", "svg")
-#: Values read as a missing reading (pyarrow's null markers, as ``scan-file`` reads them).
-NULL_MARKERS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-                          "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"})
 
 #: Close-ups drawn at most (the most confident sessions).
 MAX_CLOSEUPS = 4
@@ -100,21 +97,21 @@ def from_scenario(seed: int, household: str) -> HouseholdLoad:
     return HouseholdLoad(household, t, p, sc.tz, f"demo scenario seed {seed}, 60 s polls", truth)
 
 
-def _parse_time(text: str, naive_zone: ZoneInfo | None) -> float:
-    stamp = datetime.fromisoformat(text.strip())
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=naive_zone or UTC)
-    return stamp.timestamp()
-
-
 def from_csv(path: Path, meter: str, *, tz: str | None = None) -> HouseholdLoad:
     """One meter's power from a long-format CSV (``meter_id,timestamp,power_w``, header first).
 
-    Timestamps are ISO 8601; one without an offset is UTC, or local time in ``tz`` when
-    ``tz`` is given (as ``scan-file --tz``).  Rows of other meters are skipped; every row
-    must have the header's number of fields (as ``scan-file``); an empty ``power_w`` (or
-    ``NA``, ``NaN``, ``null`` ...) is a missing reading; duplicated timestamps keep the last
-    row; rows may come in any order.  Missing readings and duplicates are counted in
+    Fields are read by ``scan-file``'s own rules (:func:`flylead.scanfile.parse_cells`), so
+    a file gives the same meters and readings in both: meter ids as they are (`` m1`` is
+    not ``m1``; empty, whitespace-only and null markers such as ``NA`` are missing),
+    timestamps ISO 8601 as pyarrow reads them (not the basic ``20261126T120000Z``; up to
+    nanoseconds), without an offset UTC or local time in ``tz`` (as ``scan-file --tz``,
+    DST changes included: a repeated ambiguous local time is the later instant, a
+    non-existent one is not used), values numbers as pyarrow reads them (not ``1_000`` or
+    ``١٠٠``).  Rows of other meters are skipped; every row must have the header's number of
+    fields (as ``scan-file``); an empty ``power_w`` (or ``NA``, ``NaN``, ``null`` ...) is a
+    missing reading, kept as NaN; a row without a timestamp, at a non-existent local time
+    or with an infinite value is not used; duplicated timestamps keep the last row; rows
+    may come in any order.  Rows not used as given are counted in
     :attr:`HouseholdLoad.unusable`.
 
     Args:
@@ -128,10 +125,14 @@ def from_csv(path: Path, meter: str, *, tz: str | None = None) -> HouseholdLoad:
             fields, malformed row of this meter (file, line and column named), or no row of
             this meter (the ids seen are named).
     """
-    naive = _zone(tz) if tz else None
+    from flylead.scanfile import ScanError, missing_meter_id, parse_cells, resolve_ambiguous
+
+    if tz:
+        _zone(tz)
     seen: dict[str, None] = {}
-    readings: dict[float, float] = {}
-    unusable: dict[str, int] = {}
+    times: list[str] = []
+    values: list[str] = []
+    lines: list[int] = []
     line = 1
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -152,41 +153,55 @@ def from_csv(path: Path, meter: str, *, tz: str | None = None) -> HouseholdLoad:
                 if len(row) != len(header):
                     raise ExplainError(f"{path}: line {line}: {len(row)} fields, expected {len(header)} "
                                        f"(the header's)")
-                mid = row[i_m].strip()
+                mid = row[i_m]
+                if missing_meter_id(mid):
+                    continue
                 if len(seen) < 1000:
                     seen.setdefault(mid, None)
                 if mid != meter:
                     continue
-                try:
-                    ts = _parse_time(row[i_t], naive)
-                except ValueError:
-                    raise ExplainError(f"{path}: line {line}, column timestamp: not ISO 8601: {row[i_t]!r}") from None
-                text = row[i_p].strip()
-                try:
-                    p = math.nan if text in NULL_MARKERS else float(text)
-                except ValueError:
-                    raise ExplainError(f"{path}: line {line}, column power_w: not a number: {text!r}") from None
-                if math.isinf(p):
-                    raise ExplainError(f"{path}: line {line}, column power_w: not finite: {text!r}")
-                if math.isnan(p):
-                    unusable["missing power_w"] = unusable.get("missing power_w", 0) + 1
-                if ts in readings:
-                    old = readings[ts]
-                    same = old == p or (math.isnan(old) and math.isnan(p))
-                    reason = "duplicate row" if same else "conflicting duplicate (later row kept)"
-                    unusable[reason] = unusable.get(reason, 0) + 1
-                readings[ts] = p
+                times.append(row[i_t])
+                values.append(row[i_p])
+                lines.append(line)
     except OSError as exc:
         raise ExplainError(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ExplainError(f"{path}: {_bad_utf8(path)}") from None
     except csv.Error as exc:
         raise ExplainError(f"{path}: line {rows.line_num}: unreadable CSV: {exc}") from None
-    if not readings:
+    if not times:
         shown = ", ".join(list(seen)[:10]) + (" ..." if len(seen) > 10 else "")
         raise ExplainError(f"{path}: no row for meter {meter!r} (meters in the file: {shown or 'none'})")
-    t = np.array(sorted(readings))
-    p = np.array([readings[x] for x in t])
+    unusable: dict[str, int] = {}
+
+    def count(reason: str, n: int) -> None:
+        if n:
+            unusable[reason] = unusable.get(reason, 0) + n
+
+    try:
+        t_ns, v, time_ok, _, amb = parse_cells(path, times, values, lines, tz=tz, count=count)
+    except ScanError as exc:
+        problem = exc.problem.replace("not an ISO 8601 date and time", "not ISO 8601")
+        raise ExplainError(f"{path}: line {exc.line}, column {exc.column}: {problem}") from None
+    # kept: usable rows and rows whose only fault is a missing value (NaN: a hole in the picture)
+    keep = time_ok & (np.isfinite(v) | np.isnan(v))
+    t_ns, v, amb = t_ns[keep], v[keep], amb[keep]
+    if tz and amb.any():
+        t_ns = resolve_ambiguous(t_ns, amb, tz)
+    readings: dict[int, float] = {}
+    for ts, p in zip(t_ns.tolist(), v.tolist()):
+        if ts in readings:
+            old = readings[ts]
+            same = old == p or (math.isnan(old) and math.isnan(p))
+            reason = "duplicate row" if same else "conflicting duplicate (later row kept)"
+            unusable[reason] = unusable.get(reason, 0) + 1
+        readings[ts] = p
+    if not readings:
+        raise ExplainError(f"{path}: no usable row for meter {meter!r} "
+                           f"({', '.join(f'{k}: {n}' for k, n in sorted(unusable.items()))})")
+    stamps = sorted(readings)
+    t = np.array(stamps, dtype=np.int64).astype(np.float64) / 1e9
+    p = np.array([readings[x] for x in stamps], dtype=np.float64)
     return HouseholdLoad(meter, t, p, tz or "Asia/Shanghai", f"{path.name}, meter {meter}", unusable=unusable)
 
 

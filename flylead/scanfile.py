@@ -10,9 +10,10 @@ else CSV, gzip included) with the columns ``meter_id``, ``timestamp`` and exactl
 Other columns are ignored; names are matched with surrounding spaces stripped, and a column
 read that appears twice in the header is an error.  ``timestamp`` is ISO 8601 text (``2026-11-27T20:15:00Z``,
 ``...+08:00``, ``2026-11-27 20:15:00``; up to nanoseconds) or, in Parquet, a timestamp
-column; a timestamp without an offset is UTC unless ``tz`` names its zone (then ambiguous
-and non-existent local times at a DST change take the earlier instant; the duplicates that
-may produce are counted below).
+column; a timestamp without an offset is UTC unless ``tz`` names its zone (at a DST change
+an ambiguous local time is the earlier instant the first time a meter has it in the file
+and the later one when repeated, :func:`resolve_ambiguous`; a non-existent one is counted,
+not used).  Lines may end in LF, CRLF or CR; quoted fields may hold line ends.
 
 Output: one row per session, ``meter_id,start,end,energy_kwh,peak_w,profile,confidence``,
 timestamps ISO 8601 UTC; CSV, or a JSON array of objects when OUTPUT ends in ``.json``
@@ -46,8 +47,9 @@ What is done with awkward rows (every row not used is counted, per reason, in
   a row with the wrong number of fields) is an error naming the file, line and column
   (:class:`ScanError`), or, with ``skip_malformed``, counted;
 * an empty or whitespace-only ``meter_id``, ``timestamp`` or value (a value of ``NA``, ``N/A``, ``NaN``,
-  ``null`` and pyarrow's other null markers is missing too), an infinite value, a negative energy or
-  register: counted (``missing meter_id`` ...);
+  ``null`` and pyarrow's other null markers is missing too, and so is a NaN in any spelling),
+  an infinite value, a negative energy or register, a non-existent local time: counted
+  (``missing meter_id`` ...);
 * rows out of time order: tolerated (sorted; counted in ``notes`` as ``out_of_order``);
 * the same meter and timestamp twice: the later row is kept; the earlier counted as
   ``duplicate row`` (same value) or ``conflicting duplicate`` (different value);
@@ -102,6 +104,13 @@ REGISTER_STEP_W = 10.0
 REGISTER_WINDOW_S = 1800.0
 #: Record of the bucket files: meter code, UTC time (ns), value.
 RECORD = np.dtype([("code", "<u4"), ("t", "<i8"), ("v", "<f8")])
+#: The meter code's bits of a record's ``code``; the top bit marks a row at an ambiguous
+#: local time (read as the earlier instant until pass 2, :func:`resolve_ambiguous`).
+CODE_MASK = np.uint32(0x7FFFFFFF)
+#: Note of the rows read as the second pass of a repeated local hour (clocks going back).
+AMBIGUOUS_NOTE = "ambiguous local time, repeated: read as the later instant"
+#: Note of the meters whose register goes down more often than up (no power from those steps).
+REGISTER_DOWN_NOTE = "meters whose register went down more often than up (no power; an export register?)"
 OUTPUT_FIELDS = ("meter_id", "start", "end", "energy_kwh", "peak_w", "profile", "confidence")
 
 
@@ -205,16 +214,261 @@ def _pick_quantity(path: Path, names: list[str], line: int | None) -> str:
 
 class _Chunk:
     """A parsed chunk: meter ids (pyarrow string array), times (int64 ns UTC, np), values
-    (float64, np), each row's first record number (data row 1 = first), and a mask of the
-    rows usable so far."""
+    (float64, np), each row's first record number (data row 1 = first), a mask of the
+    rows usable so far, and a mask of the rows at an ambiguous local time (None: none;
+    ``t`` then holds the earlier instant, resolved per meter in pass 2 by
+    :func:`resolve_ambiguous`)."""
 
-    __slots__ = ("ids", "t", "v", "first_row", "ok")
+    __slots__ = ("ids", "t", "v", "first_row", "ok", "amb")
 
-    def __init__(self, ids, t, v, first_row, ok) -> None:
-        self.ids, self.t, self.v, self.first_row, self.ok = ids, t, v, first_row, ok
+    def __init__(self, ids, t, v, first_row, ok, amb=None) -> None:
+        self.ids, self.t, self.v, self.first_row, self.ok, self.amb = ids, t, v, first_row, ok, amb
 
 
-class _Reader:
+class _Columns:
+    """Parsing and checking of the three columns (``meter_id``, ``timestamp``, the quantity),
+    shared by ``scan-file``'s reader and ``flylead explain``: the one definition of what a
+    meter id, a timestamp and a value are.
+
+    Args:
+        path: the file (for errors).
+        tz: zone of timestamps without an offset (None: UTC).
+        skip_malformed: count malformed values instead of raising :class:`ScanError`.
+        count: ``count(reason, n)`` books unusable rows.
+        quantity: the value column's name.
+    """
+
+    def __init__(self, path: Path, tz: str | None, skip_malformed: bool, count: Callable[[str, int], None],
+                 quantity: str = "power_w") -> None:
+        import pyarrow as pa
+
+        self.pa = pa
+        self.path, self.tz, self.quantity = path, tz, quantity
+        self.skip_malformed, self.count = skip_malformed, count
+        self.parquet = False
+        # set by _times for the last column parsed: rows at an ambiguous / non-existent local time
+        self.ambiguous: np.ndarray | None = None
+        self._gap: np.ndarray | None = None
+
+    def _line(self, row: int) -> int | None:
+        """Line (or row) of data record ``row`` (1 = first), for errors."""
+        raise NotImplementedError
+
+    def _malformed(self, column: str, reason: str, row: int, bad: np.ndarray, sample: str, ok: np.ndarray) -> None:
+        """Rows ``bad`` (mask of this chunk) are malformed: raise for the first, or count."""
+        if not self.skip_malformed:
+            i = int(np.flatnonzero(bad)[0])
+            raise ScanError(self.path, self._line(row + i), column, f"{reason}: {sample!r}")
+        self.count(f"malformed {column}", int(np.count_nonzero(bad & ok)))
+        ok &= ~bad
+
+    def _ids(self, ids, row: int, ok: np.ndarray):
+        pa, pc = self.pa, _pc()
+        if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
+            try:
+                ids = pc.cast(ids, pa.string())
+            except pa.ArrowInvalid:   # binary that is not UTF-8 (Parquet)
+                ids = self._non_utf8_ids(ids, row, ok)
+        # null, empty or whitespace-only (utf8_is_space is false for "")
+        empty = pc.binary_length(ids).to_numpy(zero_copy_only=False) == 0
+        empty |= np.asarray(pc.utf8_is_space(ids).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+        if ids.null_count:
+            empty |= np.asarray(ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if empty.any():
+            self.count("missing meter_id", int(np.count_nonzero(empty & ok)))
+            ok &= ~empty
+        return ids
+
+    def _non_utf8_ids(self, ids, row: int, ok: np.ndarray):
+        """A binary ``meter_id`` column with values that are not UTF-8: raise for the first
+        (or, skipping, count them as malformed) and read them as null."""
+        pa, pc = self.pa, _pc()
+        raw = ids.to_pylist()
+        bad = np.zeros(len(raw), dtype=bool)
+        first = None
+        for i, x in enumerate(raw):
+            if isinstance(x, bytes):
+                try:
+                    x.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad[i] = True
+                    if first is None:
+                        first = (f"not UTF-8 text (byte 0x{x[exc.start]:02x}, byte {exc.start + 1} of the value)", x)
+        if first is None:   # not a decoding problem after all
+            return pc.cast(ids, pa.string())
+        self._malformed("meter_id", first[0], row, bad, first[1], ok)
+        fixed = pc.if_else(pa.array(bad), pa.scalar(None, ids.type), ids)
+        return pc.cast(fixed, pa.string())
+
+    def _times(self, ts, row: int, ok: np.ndarray) -> np.ndarray:
+        """int64 ns UTC; null/malformed rows are counted (or raise) and read 0; rows at a
+        non-existent local time (``tz``'s clocks going forward) are counted; rows at an
+        ambiguous local time read the earlier instant and are marked in ``self.ambiguous``."""
+        pa, pc = self.pa, _pc()
+        self._n, self.ambiguous, self._gap = len(ts), None, None
+        typ = ts.type
+        if pa.types.is_timestamp(typ):
+            try:
+                ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
+            except pa.ArrowInvalid:   # beyond int64 ns
+                ts = self._drop_out_of_range(ts, row, ok)
+                ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
+            if typ.tz is None:
+                ns = self._localise(ns)
+        elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            ns = self._parse_times(ts, row, ok)
+        else:
+            raise ScanError(self.path, self._line(row), "timestamp", f"expected ISO 8601 text or a timestamp type, got {typ}")
+        null = np.asarray(ns.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        out = pc.fill_null(pc.cast(ns, pa.timestamp("ns", "UTC")).cast(pa.int64()), 0).to_numpy()
+        missing = null & ok
+        if missing.any():
+            self.count("missing timestamp", int(np.count_nonzero(missing)))
+            ok &= ~null
+        if self._gap is not None:
+            self.count("non-existent local time", int(np.count_nonzero(self._gap & ok)))
+            ok &= ~self._gap
+        return out
+
+    def _drop_out_of_range(self, ts, row: int, ok: np.ndarray):
+        """A timestamp column (any unit) with the instants nanoseconds cannot hold raised
+        (or, skipping, counted as malformed and nulled)."""
+        pa, pc = self.pa, _pc()
+        typ = ts.type
+        per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[ts.type.unit]
+        raw = pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        bad = (raw < np.iinfo(np.int64).min // per_ns + 1) | (raw > np.iinfo(np.int64).max // per_ns)
+        if not bad.any():
+            raise ScanError(self.path, self._line(row), "timestamp", f"unreadable timestamps ({typ})")
+        try:
+            sample = ts[int(np.flatnonzero(bad)[0])].as_py().isoformat()
+        except (ValueError, OverflowError):   # beyond Python's datetime (year 9999)
+            sample = f"{raw[bad][0]} {ts.type.unit} since 1970"
+        self._malformed("timestamp", OUT_OF_RANGE, row, bad, sample, ok)
+        return pc.if_else(pa.array(bad), pa.scalar(None, ts.type), ts)
+
+    def _localise(self, naive, where: np.ndarray | None = None):
+        """Naive timestamps (ns) as UTC instants: local time in ``tz`` (UTC when None).  An
+        ambiguous local time (clocks going back) reads its earlier instant and is marked in
+        ``self.ambiguous``; a non-existent one (clocks going forward) in ``self._gap``.
+        ``where``: the chunk rows ``naive`` holds (None: all)."""
+        pa, pc = self.pa, _pc()
+        if self.tz is None:
+            return pc.cast(naive.cast(pa.int64()), pa.timestamp("ns", "UTC"))
+        try:   # the usual case: no DST change in the chunk, one call
+            return pc.assume_timezone(naive, self.tz, ambiguous="raise", nonexistent="raise")
+        except pa.ArrowInvalid:
+            pass
+        early = pc.assume_timezone(naive, self.tz, ambiguous="earliest", nonexistent="earliest")
+        late = pc.assume_timezone(naive, self.tz, ambiguous="latest", nonexistent="latest")
+        d = pc.fill_null(pc.subtract(late.cast(pa.int64()), early.cast(pa.int64())), 0).to_numpy(zero_copy_only=False)
+        # pyarrow: ambiguous -> the two instants (an hour apart, usually); non-existent -> the
+        # nanosecond before the change and the change itself
+        amb, gap = d >= 10**9, (d > 0) & (d < 10**9)
+        where = slice(None) if where is None else where
+        for name, mask in (("ambiguous", amb), ("_gap", gap)):
+            if mask.any():
+                if getattr(self, name) is None:
+                    setattr(self, name, np.zeros(self._n, dtype=bool))
+                getattr(self, name)[where] |= mask
+        return early
+
+    def _parse_times(self, ts, row: int, ok: np.ndarray):
+        """ISO 8601 text to a timestamp array (ns, UTC); null stays null."""
+        pa, pc = self.pa, _pc()
+        utc, naive = pa.timestamp("ns", "UTC"), pa.timestamp("ns")
+        ts = pc.utf8_trim_whitespace(ts)
+        first = next((x for x in ts.slice(0, 64).to_pylist() if x), "")
+        if _has_offset(first):
+            try:
+                return pc.cast(ts, utc)
+            except pa.ArrowInvalid:
+                pass
+        else:
+            try:
+                parsed = pc.cast(ts, naive)
+            except pa.ArrowInvalid:
+                pass
+            else:
+                return self._localise(parsed)
+        # mixed: with and without an offset, or malformed or whitespace-only (missing) somewhere
+        off = np.asarray(pc.match_substring_regex(ts, _OFFSET_RE).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+        out = np.zeros(len(ts), dtype=np.int64)
+        null = np.asarray(pc.equal(ts, "").fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
+        for mask, typ in ((off, utc), (~off & ~null, naive)):
+            if not mask.any():
+                continue
+            part = ts.filter(pa.array(mask))
+            try:
+                parsed = pc.cast(part, typ)
+            except pa.ArrowInvalid:
+                bad = np.zeros(len(ts), dtype=bool)
+                idx = np.flatnonzero(mask)
+                for j, text in enumerate(part.to_pylist()):
+                    try:
+                        pc.cast(pa.array([text]), typ)
+                    except pa.ArrowInvalid:
+                        bad[idx[j]] = True
+                sample = ts[int(np.flatnonzero(bad)[0])].as_py()
+                self._malformed("timestamp", _timestamp_problem(sample, typ.tz), row, bad, sample, ok)
+                null |= bad
+                keep = mask & ~bad
+                if not keep.any():
+                    continue
+                parsed = pc.cast(ts.filter(pa.array(keep)), typ)
+                mask = keep
+            if typ is naive:
+                parsed = self._localise(parsed, np.flatnonzero(mask))
+            out[mask] = pc.cast(parsed, utc).cast(pa.int64()).to_numpy()
+        return pa.array(out, type=pa.int64(), mask=null).cast(utc)
+
+    def _values(self, vs, row: int, ok: np.ndarray) -> np.ndarray:
+        """float64; null/NaN (missing), malformed, infinite, negative (energy, register)
+        rows counted (or raise)."""
+        pa, pc = self.pa, _pc()
+        col = self.quantity
+        if pa.types.is_string(vs.type) or pa.types.is_large_string(vs.type):
+            vs = pc.utf8_trim_whitespace(vs)
+            try:
+                num = pc.cast(vs, pa.float64())
+            except pa.ArrowInvalid:
+                # whitespace-only is empty, i.e. missing; then the cells pyarrow will not read
+                # (found with _NUMBER_RE, which accepts what pyarrow's cast accepts: never
+                # Python's float(), which also takes 1_000 and non-ASCII digits)
+                none = pa.scalar(None, pa.string())
+                vs = pc.if_else(pc.equal(vs, ""), none, vs)
+                bad = ~np.asarray(pc.match_substring_regex(vs, _NUMBER_RE).fill_null(True)
+                                  .to_numpy(zero_copy_only=False), dtype=bool)
+                try:
+                    num = pc.cast(pc.if_else(pa.array(bad), none, vs) if bad.any() else vs, pa.float64())
+                except pa.ArrowInvalid:   # a cell _NUMBER_RE passes but pyarrow refuses: ask pyarrow
+                    bad |= np.array([x is not None and not _arrow_number(x) for x in vs.to_pylist()], dtype=bool)
+                    num = None
+                if bad.any():
+                    sample = vs[int(np.flatnonzero(bad)[0])].as_py()
+                    self._malformed(col, "not a number", row, bad, sample, ok)
+                if num is None:
+                    num = pc.cast(pc.if_else(pa.array(bad), none, vs), pa.float64())
+        elif pa.types.is_integer(vs.type) or pa.types.is_floating(vs.type) or pa.types.is_decimal(vs.type):
+            num = pc.cast(vs, pa.float64())
+        else:
+            raise ScanError(self.path, self._line(row), col, f"expected numbers, got {vs.type}")
+        v = num.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)   # null -> NaN
+        # null and NaN (any spelling: NaN, NAN, nan(1), a float NaN in Parquet) are missing
+        null = np.isnan(v)
+        for reason, bad in (("missing " + col, null),
+                            ("non-finite " + col, np.isinf(v)),
+                            ("negative " + col, (v < 0) if col != "power_w" else None)):
+            if bad is None:
+                continue
+            hit = bad & ok
+            if hit.any():
+                self.count(reason, int(np.count_nonzero(hit)))
+                ok &= ~bad
+        return v
+
+
+class _Reader(_Columns):
     """Chunks of one file, parsed and checked (the pass-1 half that knows the format).
 
     Args:
@@ -227,13 +481,14 @@ class _Reader:
 
     def __init__(self, path: Path, tz: str | None, chunk_rows: int, skip_malformed: bool,
                  count: Callable[[str, int], None]) -> None:
-        import pyarrow as pa
-
-        self.pa = pa
-        self.path, self.tz, self.chunk_rows = path, tz, chunk_rows
-        self.skip_malformed, self.count = skip_malformed, count
+        super().__init__(path, tz, skip_malformed, count)
+        pa = self.pa
+        self.chunk_rows = chunk_rows
         self.parquet = _is_parquet(path)
-        self.bad_rows: list[tuple[int | None, str]] = []   # CSV rows with the wrong field count
+        # the first CSV row with the wrong number of fields (record number, text), kept only
+        # when not skipping (then it stops the scan): nothing grows with bad rows
+        self.bad_row: tuple[int | None, str] | None = None
+        self._no_data = False
         if self.parquet:
             import pyarrow.parquet as pq
 
@@ -245,9 +500,8 @@ class _Reader:
             self.total_rows = self._pf.metadata.num_rows
         else:
             with _open_binary(path) as f:
-                head = f.readline()
-                sample = f.read(1 << 16)
-            if not head:
+                head, ending, sample = _header_line(f)
+            if not head and not ending:
                 raise ScanError(path, None, None, "file is empty (expected a header line: meter_id,timestamp,...)")
             if head.startswith(b"PAR1"):
                 raise ScanError(path, None, None, "this is a Parquet file: name it .parquet or .pq")
@@ -256,15 +510,20 @@ class _Reader:
             except UnicodeDecodeError as exc:
                 raise ScanError(path, 1, None, _utf8_problem(head, exc) + " (a binary file? "
                                 "the input must be UTF-8 CSV, gzip CSV, or Parquet named .parquet/.pq)") from None
-            raw = next(csv.reader([header]), [])
+            try:
+                raw = next(csv.reader([header]), [])
+            except csv.Error as exc:
+                raise ScanError(path, 1, None, f"unreadable header ({exc})") from None
             self.quantity, self._cols = _select(path, raw, 1)
             self._names = [n.strip() for n in raw]
+            # nothing after the header, not even a line end: no rows (pyarrow would refuse it)
+            self._no_data = not ending
             self._raw = open(path, "rb")  # noqa: SIM115 (closed in close())
             gz = self._raw.read(2) == b"\x1f\x8b"
             self._raw.seek(0)
             self._stream = gzip.GzipFile(fileobj=self._raw) if gz else self._raw
             self.total_bytes = os.fstat(self._raw.fileno()).st_size
-            lines = sample.count(b"\n")
+            lines = sample.count(b"\n") or sample.count(b"\r")   # CR-only line ends (old Mac, Excel)
             per_row = len(sample) / lines if lines else max(len(head), 16)
             self._bytes_per_row = max(per_row, 8.0)
             self._ratio = 4.0 if gz else 1.0   # gzip: ~4x smaller
@@ -293,9 +552,10 @@ class _Reader:
             n = len(ids)
             ok = np.ones(n, dtype=bool)
             t = self._times(ts, row, ok)
+            amb = self.ambiguous
             v = self._values(vs, row, ok)
-            ids = self._ids(ids, ok)
-            yield _Chunk(ids, t, v, row, ok)
+            ids = self._ids(ids, row, ok)
+            yield _Chunk(ids, t, v, row, ok, amb)
             row += n
 
     def _parquet_batches(self):
@@ -307,12 +567,15 @@ class _Reader:
 
         pa = self.pa
         cols = self._cols   # as spelt in the header (spaces around names kept)
+        if self._no_data:
+            return
 
         def invalid(row) -> str:
-            self.bad_rows.append((row.number, row.text))
             if self.skip_malformed:
                 self.count("wrong number of fields", 1)
                 return "skip"
+            if self.bad_row is None:
+                self.bad_row = (row.number, row.text)
             return "error"
 
         block = int(max(1 << 16, min(self.chunk_rows * self._bytes_per_row, 1 << 28)))
@@ -320,15 +583,17 @@ class _Reader:
             reader = pcsv.open_csv(
                 self._stream,
                 read_options=pcsv.ReadOptions(block_size=block, use_threads=True),
-                parse_options=pcsv.ParseOptions(invalid_row_handler=invalid),
+                # quoted fields may hold line ends (docs/scan-file.md); without this pyarrow
+                # cuts blocks at any line end and fails once such a file exceeds one block
+                parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
                 convert_options=pcsv.ConvertOptions(
                     include_columns=cols, column_types={c: pa.string() for c in cols},
                     strings_can_be_null=True, quoted_strings_can_be_null=True))
             for batch in reader:
                 yield batch.column(0), batch.column(1), batch.column(2)
         except pa.ArrowInvalid as exc:
-            if self.bad_rows and not self.skip_malformed:
-                number, text = self.bad_rows[-1]
+            if self.bad_row is not None and not self.skip_malformed:
+                number, text = self.bad_row
                 fields = _fields(text)
                 line = self._line_of(number, fields)
                 problem = f"{len(fields)} fields, expected {len(self._names)}: {text[:80]!r}"
@@ -340,6 +605,9 @@ class _Reader:
             if "UTF8" in str(exc) or "UTF-8" in str(exc):
                 line, col, problem = self._bad_utf8()
                 raise ScanError(self.path, line, col, problem) from None
+            if "straddl" in str(exc):   # a quoted field longer than a block: an unclosed quote
+                line, problem = self._unclosed_quote()
+                raise ScanError(self.path, line, None, problem) from None
             raise ScanError(self.path, None, None, f"unreadable CSV ({exc})") from None
 
     # -- columns
@@ -374,6 +642,25 @@ class _Reader:
                 return None
         return None
 
+    def _unclosed_quote(self) -> tuple[int | None, str]:
+        """(line, problem) of the record whose quote is never closed: the first that runs
+        past Python's field limit (128 KB) or has the wrong number of fields while spanning
+        lines.  Re-reads the file: used only to report an error."""
+        with _open_text(self.path) as f:
+            reader = csv.reader(f)
+            prev = 0
+            try:
+                for row in reader:
+                    start, prev = prev + 1, reader.line_num
+                    if row and len(row) != len(self._names) and prev > start:
+                        return start, (f"a quote opened on this line is never closed ({len(row)} fields, "
+                                       f"expected {len(self._names)}; the field runs over {prev - start + 1} lines)")
+            except csv.Error as exc:
+                return prev + 1, f"a quote opened on this line is never closed ({exc})"
+            except UnicodeDecodeError:
+                pass
+        return None, "a quoted field is longer than pyarrow's read block: a quote never closed?"
+
     def _bad_utf8(self) -> tuple[int | None, str | None, str]:
         """(line, column, problem) of the first byte that is not UTF-8 (re-reads the file)."""
         with _open_binary(self.path) as f:
@@ -387,165 +674,83 @@ class _Reader:
                     return lineno, col, _utf8_problem(raw, exc)
         return None, None, "not UTF-8 text"
 
-    def _malformed(self, column: str, reason: str, row: int, bad: np.ndarray, sample: str, ok: np.ndarray) -> None:
-        """Rows ``bad`` (mask of this chunk) are malformed: raise for the first, or count."""
-        if not self.skip_malformed:
-            i = int(np.flatnonzero(bad)[0])
-            raise ScanError(self.path, self._line(row + i), column, f"{reason}: {sample!r}")
-        self.count(f"malformed {column}", int(np.count_nonzero(bad & ok)))
-        ok &= ~bad
 
-    def _ids(self, ids, ok: np.ndarray):
-        pa, pc = self.pa, _pc()
-        if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
-            ids = pc.cast(ids, pa.string())
-        # null, empty or whitespace-only (utf8_is_space is false for "")
-        empty = pc.binary_length(ids).to_numpy(zero_copy_only=False) == 0
-        empty |= np.asarray(pc.utf8_is_space(ids).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        if ids.null_count:
-            empty |= np.asarray(ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        if empty.any():
-            self.count("missing meter_id", int(np.count_nonzero(empty & ok)))
-            ok &= ~empty
-        return ids
+#: Cells pyarrow's CSV reader reads as null (``strings_can_be_null``): missing values.
+NULL_MARKERS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                          "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"})
 
-    def _times(self, ts, row: int, ok: np.ndarray) -> np.ndarray:
-        """int64 ns UTC; null/malformed rows are counted (or raise) and read 0."""
-        pa, pc = self.pa, _pc()
-        typ = ts.type
-        if pa.types.is_timestamp(typ):
-            try:
-                ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
-            except pa.ArrowInvalid:   # beyond int64 ns
-                ts = self._drop_out_of_range(ts, row, ok)
-                ns = pc.cast(ts, pa.timestamp("ns", typ.tz))
-            if typ.tz is None:
-                ns = self._localise(ns)
-        elif pa.types.is_string(typ) or pa.types.is_large_string(typ):
-            ns = self._parse_times(ts, row, ok)
-        else:
-            raise ScanError(self.path, self._line(row), "timestamp", f"expected ISO 8601 text or a timestamp type, got {typ}")
-        null = np.asarray(ns.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        out = pc.fill_null(pc.cast(ns, pa.timestamp("ns", "UTC")).cast(pa.int64()), 0).to_numpy()
-        missing = null & ok
-        if missing.any():
-            self.count("missing timestamp", int(np.count_nonzero(missing)))
-            ok &= ~null
-        return out
 
-    def _drop_out_of_range(self, ts, row: int, ok: np.ndarray):
-        """A timestamp column (any unit) with the instants nanoseconds cannot hold raised
-        (or, skipping, counted as malformed and nulled)."""
-        pa, pc = self.pa, _pc()
-        typ = ts.type
-        per_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[ts.type.unit]
-        raw = pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        bad = (raw < np.iinfo(np.int64).min // per_ns + 1) | (raw > np.iinfo(np.int64).max // per_ns)
-        if not bad.any():
-            raise ScanError(self.path, self._line(row), "timestamp", f"unreadable timestamps ({typ})")
-        try:
-            sample = ts[int(np.flatnonzero(bad)[0])].as_py().isoformat()
-        except (ValueError, OverflowError):   # beyond Python's datetime (year 9999)
-            sample = f"{raw[bad][0]} {ts.type.unit} since 1970"
-        self._malformed("timestamp", OUT_OF_RANGE, row, bad, sample, ok)
-        return pc.if_else(pa.array(bad), pa.scalar(None, ts.type), ts)
+def missing_meter_id(cell: str) -> bool:
+    """Whether a CSV ``meter_id`` cell is missing as ``scan-file`` reads it: a null marker
+    (:data:`NULL_MARKERS`, as the cell is), empty or whitespace only.  Ids are otherwise
+    taken as they are, spaces included: `` m1`` and ``m1`` are two meters."""
+    return cell in NULL_MARKERS or cell.isspace()
 
-    def _localise(self, naive):
-        pa, pc = self.pa, _pc()
-        if self.tz is None:
-            return pc.cast(naive.cast(pa.int64()), pa.timestamp("ns", "UTC"))
-        return pc.assume_timezone(naive, self.tz, ambiguous="earliest", nonexistent="earliest")
 
-    def _parse_times(self, ts, row: int, ok: np.ndarray):
-        """ISO 8601 text to a timestamp array (ns, UTC); null stays null."""
-        pa, pc = self.pa, _pc()
-        utc, naive = pa.timestamp("ns", "UTC"), pa.timestamp("ns")
-        ts = pc.utf8_trim_whitespace(ts)
-        first = next((x for x in ts.slice(0, 64).to_pylist() if x), "")
-        if _has_offset(first):
-            try:
-                return pc.cast(ts, utc)
-            except pa.ArrowInvalid:
-                pass
-        else:
-            try:
-                return self._localise(pc.cast(ts, naive))
-            except pa.ArrowInvalid:
-                pass
-        # mixed: with and without an offset, or malformed or whitespace-only (missing) somewhere
-        off = np.asarray(pc.match_substring_regex(ts, _OFFSET_RE).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        out = np.zeros(len(ts), dtype=np.int64)
-        null = np.asarray(pc.equal(ts, "").fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
-        for mask, typ in ((off, utc), (~off & ~null, naive)):
-            if not mask.any():
-                continue
-            part = ts.filter(pa.array(mask))
-            try:
-                parsed = pc.cast(part, typ)
-            except pa.ArrowInvalid:
-                bad = np.zeros(len(ts), dtype=bool)
-                idx = np.flatnonzero(mask)
-                for j, text in enumerate(part.to_pylist()):
-                    try:
-                        pc.cast(pa.array([text]), typ)
-                    except pa.ArrowInvalid:
-                        bad[idx[j]] = True
-                sample = ts[int(np.flatnonzero(bad)[0])].as_py()
-                reason = OUT_OF_RANGE if _iso_seconds(sample, typ.tz) else "not an ISO 8601 date and time"
-                self._malformed("timestamp", reason, row, bad, sample, ok)
-                null |= bad
-                keep = mask & ~bad
-                if not keep.any():
-                    continue
-                parsed = pc.cast(ts.filter(pa.array(keep)), typ)
-                mask = keep
-            if typ is naive:
-                parsed = self._localise(parsed)
-            out[mask] = pc.cast(parsed, utc).cast(pa.int64()).to_numpy()
-        return pa.array(out, type=pa.int64(), mask=null).cast(utc)
+class _RowColumns(_Columns):
+    """:class:`_Columns` over cells collected from CSV rows, with their lines."""
 
-    def _values(self, vs, row: int, ok: np.ndarray) -> np.ndarray:
-        """float64; null/malformed/non-finite/negative (energy) rows counted (or raise)."""
-        pa, pc = self.pa, _pc()
-        col = self.quantity
-        if pa.types.is_string(vs.type) or pa.types.is_large_string(vs.type):
-            vs = pc.utf8_trim_whitespace(vs)
-            try:
-                num = pc.cast(vs, pa.float64())
-            except pa.ArrowInvalid:
-                # whitespace-only is empty, i.e. missing; then the cells pyarrow will not read
-                # (found with _NUMBER_RE, which accepts what pyarrow's cast accepts: never
-                # Python's float(), which also takes 1_000 and non-ASCII digits)
-                none = pa.scalar(None, pa.string())
-                vs = pc.if_else(pc.equal(vs, ""), none, vs)
-                bad = ~np.asarray(pc.match_substring_regex(vs, _NUMBER_RE).fill_null(True)
-                                  .to_numpy(zero_copy_only=False), dtype=bool)
-                try:
-                    num = pc.cast(pc.if_else(pa.array(bad), none, vs) if bad.any() else vs, pa.float64())
-                except pa.ArrowInvalid:   # a cell _NUMBER_RE passes but pyarrow refuses: ask pyarrow
-                    bad |= np.array([x is not None and not _arrow_number(x) for x in vs.to_pylist()], dtype=bool)
-                    num = None
-                if bad.any():
-                    sample = vs[int(np.flatnonzero(bad)[0])].as_py()
-                    self._malformed(col, "not a number", row, bad, sample, ok)
-                if num is None:
-                    num = pc.cast(pc.if_else(pa.array(bad), none, vs), pa.float64())
-        elif pa.types.is_integer(vs.type) or pa.types.is_floating(vs.type) or pa.types.is_decimal(vs.type):
-            num = pc.cast(vs, pa.float64())
-        else:
-            raise ScanError(self.path, self._line(row), col, f"expected numbers, got {vs.type}")
-        v = num.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)   # null -> NaN
-        null = np.asarray(num.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        for reason, bad in (("missing " + col, null),
-                            ("non-finite " + col, ~null & ~np.isfinite(v)),
-                            ("negative " + col, (v < 0) if col != "power_w" else None)):
-            if bad is None:
-                continue
-            hit = bad & ok
-            if hit.any():
-                self.count(reason, int(np.count_nonzero(hit)))
-                ok &= ~bad
-        return v
+    def __init__(self, path: Path, tz: str | None, quantity: str, lines: list[int], count) -> None:
+        super().__init__(path, tz, False, count, quantity)
+        self.lines = lines
+
+    def _line(self, row: int) -> int | None:
+        return self.lines[row - 1] if 0 < row <= len(self.lines) else None
+
+
+def parse_cells(path: str | os.PathLike, times: list[str], values: list[str], lines: list[int], *,
+                tz: str | None = None, quantity: str = "power_w",
+                count: Callable[[str, int], None] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Timestamps and values of CSV rows (cells as the CSV holds them) read exactly as
+    ``scan-file`` reads them (for ``flylead explain``): null markers are missing, ISO 8601
+    as pyarrow takes it, numbers as pyarrow takes them, local times in ``tz`` with
+    ambiguous ones at their earlier instant (resolve them with :func:`resolve_ambiguous`).
+
+    Args:
+        path: the file, for errors.
+        times, values: the cells, one per row.
+        lines: each row's physical line, for errors.
+        tz: zone of timestamps without an offset (None: UTC).
+        quantity: the value column's name.
+        count: ``count(reason, n)`` books unusable rows (``missing timestamp``, ``missing
+            power_w``, ``non-finite power_w``, ``non-existent local time`` ...).
+
+    Returns:
+        ``(t_ns, v, time_ok, ok, ambiguous)``, each shape (n,): int64 UTC ns, float64
+        values (NaN when missing), the rows with a usable timestamp, the rows usable as a
+        whole, the rows at an ambiguous local time.
+
+    Raises:
+        ScanError: a malformed timestamp or value (the first), with its line and column.
+    """
+    import pyarrow as pa
+
+    cols = _RowColumns(Path(path), tz, quantity, lines, count or (lambda reason, n: None))
+    none = lambda cells: pa.array([None if c in NULL_MARKERS else c for c in cells], type=pa.string())  # noqa: E731
+    time_ok = np.ones(len(times), dtype=bool)
+    t = cols._times(none(times), 1, time_ok)
+    amb = cols.ambiguous if cols.ambiguous is not None else np.zeros(len(times), dtype=bool)
+    ok = time_ok.copy()
+    v = cols._values(none(values), 1, ok)
+    return t, v, time_ok, ok, amb
+
+
+def _header_line(f, sample_bytes: int = 1 << 16) -> tuple[bytes, bytes, bytes]:
+    """(header line without its end, the line end (b"" at the end of the file), up to
+    ``sample_bytes`` after it) of a binary stream; a line ends at LF, CRLF or CR alone."""
+    buf = b""
+    while True:
+        more = f.read(1 << 16)
+        buf += more
+        cut = re.search(rb"\r\n|\r|\n", buf)
+        if cut is not None and (cut.end() < len(buf) or not more or cut.group() == b"\n"):
+            head, ending, rest = buf[:cut.start()], cut.group(), buf[cut.end():]
+            if len(rest) < sample_bytes:
+                rest += f.read(sample_bytes - len(rest))
+            return head, ending, rest[:sample_bytes]
+        if not more:
+            return buf, b"", b""
 
 
 def _pc():
@@ -575,6 +780,17 @@ def _arrow_number(text: str) -> bool:
 #: Why a timestamp that is a date and time is not usable: int64 nanoseconds since 1970 (pandas,
 #: arrow) reach from 1677-09-21T00:12:43.145224193Z to 2262-04-11T23:47:16.854775807Z.
 OUT_OF_RANGE = "outside the supported range (1677-09-21 to 2262-04-11)"
+
+
+def _timestamp_problem(text: str, tz: str | None) -> str:
+    """Why ``text``, which pyarrow would not read as a timestamp (ns, with an offset when
+    ``tz``), is malformed: finer than nanoseconds, outside the nanosecond range, or not ISO
+    8601 at all."""
+    digits = re.search(r"\d\d:\d\d:\d\d[.,](\d+)", text)
+    if digits is not None and len(digits.group(1)) > 9:
+        return (f"not a supported ISO 8601 date and time ({len(digits.group(1))} fraction digits: "
+                "more than nanosecond precision)")
+    return OUT_OF_RANGE if _iso_seconds(text, tz) else "not an ISO 8601 date and time"
 
 
 def _iso_seconds(text: str, tz: str | None) -> bool:
@@ -645,7 +861,7 @@ class _Buckets:
             rec.tofile(self.files[0])
             self.rows[0] += rec.size
             return
-        b = codes % self.n
+        b = (codes & CODE_MASK) % self.n
         order = np.argsort(b, kind="stable")
         rec, b = rec[order], b[order]
         cuts = np.searchsorted(b, np.arange(self.n + 1))
@@ -696,6 +912,46 @@ def clean_meter(t_ns: np.ndarray, v: np.ndarray, notes: Counter, unusable: Count
                     unusable[reason] += n
             t_ns, v = t_ns[keep], v[keep]
     return MeterSeries(t_ns.astype(np.float64) / 1e9, v)
+
+
+def resolve_ambiguous(t_ns: np.ndarray, ambiguous: np.ndarray, tz: str, notes: Counter | None = None
+                      ) -> np.ndarray:
+    """One meter's times, in file order, with repeated ambiguous local times resolved.
+
+    When clocks go back (``tz`` leaving summer time) the local times of the hour before the
+    change occur twice: 01:00-01:59 in Europe/London on 2026-10-25 is first BST (00:00-00:59
+    UTC), then GMT (01:00-01:59 UTC).  An interval export writes both passes, in order, so a
+    row whose ambiguous local time the meter has already had earlier in the file is the
+    second pass: it reads the later instant.  A first occurrence keeps the earlier instant.
+
+    Args:
+        t_ns: shape (n,), int64 UTC ns, the ambiguous rows at their earlier instant.
+        ambiguous: shape (n,), bool, the rows at an ambiguous local time.
+        tz: the zone the local times are in.
+        notes: counts the rows moved to the later instant under :data:`AMBIGUOUS_NOTE`.
+
+    Returns:
+        The times (a copy when any moved).
+    """
+    import pyarrow as pa
+
+    idx = np.flatnonzero(ambiguous)
+    if idx.size < 2:
+        return t_ns
+    _, first = np.unique(t_ns[idx], return_index=True)
+    repeat = np.ones(idx.size, dtype=bool)
+    repeat[first] = False
+    if not repeat.any():
+        return t_ns
+    j = idx[repeat]
+    pc = _pc()
+    local = pc.local_timestamp(pa.array(t_ns[j], type=pa.timestamp("ns", tz)))
+    later = pc.assume_timezone(local, tz, ambiguous="latest", nonexistent="latest")
+    t_ns = t_ns.copy()
+    t_ns[j] = pc.cast(later, pa.int64()).to_numpy()
+    if notes is not None:
+        notes[AMBIGUOUS_NOTE] += int(j.size)
+    return t_ns
 
 
 def _register_steps(t: np.ndarray, v: np.ndarray, interval: float, notes: Counter
@@ -856,6 +1112,14 @@ def _interval_detector():
     return detect_interval_sessions
 
 
+def _check_register_direction(v: np.ndarray, notes: Counter) -> None:
+    """Note a register that goes down more often than up: its falls are read as counter
+    resets and give no power, so the meter gives no power at all; say so."""
+    d = np.diff(v)
+    if np.count_nonzero(d < 0) > np.count_nonzero(d > 0):
+        notes[REGISTER_DOWN_NOTE] += 1
+
+
 def detect_meter(series: MeterSeries, quantity: str, report: ScanReport, *, tz: str,
                  settings: DetectorSettings | None = None) -> list[ChargingSession]:
     """Sessions of one cleaned meter: coarse data (median interval >= 5 min) through the
@@ -864,6 +1128,8 @@ def detect_meter(series: MeterSeries, quantity: str, report: ScanReport, *, tz: 
         report.fine_meters += 1
         return []
     interval = float(np.median(np.diff(series.t)))
+    if quantity == "register_kwh":
+        _check_register_direction(series.v, report.notes)
     if interval >= COARSE_S:
         report.coarse_meters += 1
         detect = _interval_detector()
@@ -992,6 +1258,8 @@ def scan_file(
                 sel = np.flatnonzero(chunk.ok)
                 if sel.size:
                     codes = _codes(chunk.ids, sel, ids, names)
+                    if chunk.amb is not None:   # flagged in the code's top bit for pass 2
+                        codes |= chunk.amb[sel].astype(np.uint32) << np.uint32(31)
                     buckets.write(codes, chunk.t[sel], chunk.v[sel])
                 bar.update(read_task, completed=(report.rows_read if reader.parquet else reader.bytes_done()))
         except GZIP_ERRORS as exc:
@@ -1013,7 +1281,7 @@ def scan_file(
             det_task = bar.add_task("detecting", total=int(buckets.rows.sum()))
             for path, rows in zip(buckets.paths, buckets.rows):
                 if rows:
-                    _scan_bucket(path, names, reader.quantity, report, writer, household_tz, settings)
+                    _scan_bucket(path, names, reader.quantity, report, writer, household_tz, settings, tz)
                 path.unlink()
                 bar.advance(det_task, int(rows))
             writer.close()
@@ -1042,6 +1310,8 @@ def _codes(ids, sel: np.ndarray, table: dict[str, int], names: list[str]) -> np.
     """Integer codes (uint32) of the meter ids at ``sel``, new ids added to ``table``."""
     import pyarrow as pa
 
+    if len(names) > CODE_MASK:
+        raise ValueError(f"more than {int(CODE_MASK)} distinct meter ids")
     pc = _pc()
     enc = pc.dictionary_encode(ids.take(pa.array(sel)))
     local = np.empty(len(enc.dictionary), dtype=np.uint32)
@@ -1055,16 +1325,23 @@ def _codes(ids, sel: np.ndarray, table: dict[str, int], names: list[str]) -> np.
 
 
 def _scan_bucket(path: Path, names: list[str], quantity: str, report: ScanReport, writer: _Writer,
-                 tz: str, settings: DetectorSettings | None) -> None:
-    """Pass 2 for one bucket file: per meter (by meter id), clean, detect, write."""
+                 tz: str, settings: DetectorSettings | None, naive_tz: str | None = None) -> None:
+    """Pass 2 for one bucket file: per meter (by meter id), resolve ambiguous local times
+    (``naive_tz``), clean, detect, write."""
     rec = np.fromfile(path, dtype=RECORD)
-    order = np.argsort(rec["code"], kind="stable")   # stable: file order within a meter
-    codes = rec["code"][order]
+    amb = rec["code"] >> np.uint32(31) if naive_tz is not None else None
+    raw = rec["code"] & CODE_MASK
+    order = np.argsort(raw, kind="stable")   # stable: file order within a meter
+    codes = raw[order]
     t, v = rec["t"][order], rec["v"][order]
-    del rec
+    amb = amb[order].astype(bool) if amb is not None and amb.any() else None
+    del rec, raw
     cuts = np.flatnonzero(np.diff(codes)) + 1
     starts, ends = np.r_[0, cuts], np.r_[cuts, codes.size]
     for a, b in sorted(zip(starts.tolist(), ends.tolist()), key=lambda ab: names[codes[ab[0]]]):
-        series = clean_meter(t[a:b], v[a:b], report.notes, report.unusable)
+        t_m = t[a:b]
+        if amb is not None and amb[a:b].any():
+            t_m = resolve_ambiguous(t_m, amb[a:b], naive_tz, report.notes)
+        series = clean_meter(t_m, v[a:b], report.notes, report.unusable)
         for s in detect_meter(series, quantity, report, tz=tz, settings=settings):
             writer.write(names[codes[a]], s)

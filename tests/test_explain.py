@@ -183,3 +183,83 @@ def test_label_names_the_other_start_when_the_start_is_unsure():
     sure = ChargingSession(t, t + 5 * 3600, 0.61, 150.0, 0.9, "lithium",
                            {"start_confidence": 0.9, "start_alternative_offset_s": -73 * 60.0})
     assert _label(sure, ZoneInfo("Asia/Shanghai"), 1).endswith("confidence 0.90")
+
+
+def _scan_file_series(tmp_path, path, monkeypatch, tz=None):
+    """{meter_id: (t, p)} that ``scan-file`` hands its detector for ``path``."""
+    import flylead.scanfile as sf
+
+    got = {}
+    real = sf._scan_bucket
+
+    def bucket(path_, names, *args, **kwargs):
+        def spy(series, quantity, report, **kw):
+            got[len(got)] = (series.t.copy(), series.v.copy())
+            return []
+        monkeypatch.setattr(sf, "detect_meter", spy)
+        return real(path_, names, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "_scan_bucket", bucket)
+    report = sf.scan_file(path, tmp_path / "scan.csv", tz=tz)
+    monkeypatch.undo()
+    return got, report
+
+
+def test_csv_fields_are_read_as_scan_file_reads_them(tmp_path, monkeypatch):
+    """` m1` and `m1` are two meters, as in scan-file (explain stripped ids: one); every
+    ISO 8601 and number form scan-file takes gives the same readings, to the nanosecond."""
+    path = tmp_path / "m.csv"
+    path.write_text("meter_id,timestamp,power_w\n"
+                    "m1,2026-11-27T00:00:00Z,100\n"
+                    " m1,2026-11-27T00:00:30Z,7\n"
+                    "m1,2026-11-27 00:01:00,1e3\n"
+                    "m1,2026-11-27T08:02:00+08:00, .5 \n"
+                    "m1,2026-11-27T00:03:00.123456789Z,-0.5\n"
+                    "m1,2026-11-27T00:04:00Z,inf\n"
+                    "NA,2026-11-27T00:05:00Z,1\n")
+    load = from_csv(path, "m1")
+    assert load.t.tolist() == [1795737600.0, 1795737660.0, 1795737720.0, 1795737780.123456789]
+    assert load.p_w.tolist() == [100.0, 1000.0, 0.5, -0.5]
+    assert load.unusable == {"non-finite power_w": 1}
+    spaced = from_csv(path, " m1")
+    assert (spaced.t.tolist(), spaced.p_w.tolist()) == ([1795737630.0], [7.0])
+    with pytest.raises(ExplainError, match=r"meters in the file: m1,  m1\)"):
+        from_csv(path, "m2")
+    got, report = _scan_file_series(tmp_path, path, monkeypatch)
+    assert report.meters == 2   # in pass 2 meters go by id: " m1" then "m1"
+    for k, mine in ((0, spaced), (1, load)):
+        np.testing.assert_array_equal(got[k][0], mine.t)
+        np.testing.assert_array_equal(got[k][1], mine.p_w)
+
+
+@pytest.mark.parametrize(("cells", "message"), [
+    ("2026-11-27T00:00:00Z,1_000", "line 2, column power_w: not a number: '1_000'"),
+    ("2026-11-27T00:00:00Z,١٠٠", "line 2, column power_w: not a number: '١٠٠'"),
+    ("20261126T120000Z,100", "line 2, column timestamp: not ISO 8601: '20261126T120000Z'"),
+])
+def test_csv_refuses_what_scan_file_refuses(tmp_path, cells, message):
+    """Python's float() takes 1_000 and Arabic-Indic digits, datetime.fromisoformat the basic
+    form: explain took them, scan-file does not; now neither does."""
+    path = tmp_path / "m.csv"
+    path.write_text(f"meter_id,timestamp,power_w\nA1,{cells}\n", encoding="utf-8")
+    with pytest.raises(ExplainError, match=message):
+        from_csv(path, "A1")
+    from flylead.scanfile import ScanError, scan_file
+
+    with pytest.raises(ScanError):
+        scan_file(path, tmp_path / "o.csv")
+
+
+def test_csv_dst_fall_back_as_scan_file(tmp_path, monkeypatch):
+    """Europe/London 2026-10-25: local 00:45-01:45 BST then 01:00-02:00 GMT read as ten
+    instants 15 min apart (2026-10-24T23:45Z to 2026-10-25T02:00Z), as scan-file reads them."""
+    local = ["00:45", "01:00", "01:15", "01:30", "01:45", "01:00", "01:15", "01:30", "01:45", "02:00"]
+    path = tmp_path / "dst.csv"
+    path.write_text("meter_id,timestamp,power_w\n"
+                    + "".join(f"m1,2026-10-25 {hm}:00,{i}\n" for i, hm in enumerate(local)))
+    load = from_csv(path, "m1", tz="Europe/London")
+    start = datetime(2026, 10, 24, 23, 45, tzinfo=UTC).timestamp()
+    assert load.t.tolist() == [start + 900.0 * k for k in range(10)]
+    assert load.p_w.tolist() == [float(i) for i in range(10)] and load.unusable == {}
+    got, _ = _scan_file_series(tmp_path, path, monkeypatch, tz="Europe/London")
+    np.testing.assert_array_equal(got[0][0], load.t)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -492,3 +493,195 @@ def test_parquet_timestamps_outside_the_nanosecond_range_are_named_so(tmp_path):
                               "(1677-09-21 to 2262-04-11): '1600-01-01T00:00:00+00:00'")
     report = scan_file(tmp_path / "t.parquet", tmp_path / "out.csv", skip_malformed=True)
     assert (report.rows_used, dict(report.unusable)) == (2, {"malformed timestamp": 1})
+
+
+# ----------------------------------------------------------------------------- tester's bugs (Nov 2026)
+
+
+def _spy_series(monkeypatch):
+    """{meter order: (t UTC ISO list, values)} of the series pass 2 hands the detector."""
+    import flylead.scanfile as sf
+
+    got = []
+
+    def spy(series, quantity, report, **kw):
+        got.append(([datetime.fromtimestamp(x, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for x in series.t],
+                    series.v.tolist()))
+        return []
+
+    monkeypatch.setattr(sf, "detect_meter", spy)
+    return got
+
+
+def test_quoted_newlines_in_a_file_of_many_read_blocks(tmp_path):
+    """Ids with a quoted line end ("M\\n000001"), 100,000 rows = 3.7 MB, read in 64 kB
+    blocks (chunk_rows=100): every row read, 10 meters.  (Failed once past pyarrow's first
+    blocks: "CSV parser got out of sync with chunker", or "a quote opened on this line is
+    never closed (1 fields ...)"; at the default chunk size from 9 MB on.)"""
+    src = tmp_path / "nl.csv"
+    with open(src, "w", newline="") as f:
+        f.write("meter_id,timestamp,power_w\n")
+        for k in range(10_000):
+            for m in range(10):
+                f.write(f'"M\n{m:06d}",2026-11-{20 + k // 1440}T{k // 60 % 24:02d}:{k % 60:02d}:00Z,{50 + m}.5\n')
+    report = scan_file(src, tmp_path / "out.csv", chunk_rows=100)
+    assert (report.rows_read, report.rows_used, report.meters, dict(report.unusable)) == (100_000, 100_000, 10, {})
+    # a quote never closed in a file of many blocks is still named, with its line (the
+    # field would run to the end of the file: pyarrow gives up at a block's end)
+    lines = ["meter_id,timestamp,power_w"] + [f"m{k % 10},2026-11-20T{k // 600:02d}:{k // 10 % 60:02d}:00Z,50"
+                                              for k in range(6000)]
+    lines[7] = 'm7,"2026-11-20T00:00:00Z,1'
+    bad = tmp_path / "stray.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ScanError) as err:
+        scan_file(bad, tmp_path / "out.csv", chunk_rows=100)
+    assert (err.value.line, err.value.column) == (8, None)
+    assert err.value.problem.startswith("a quote opened on this line is never closed")
+
+
+def test_skip_malformed_keeps_no_bad_row_in_memory(tmp_path):
+    """50,000 rows with a trailing comma, skipped: counted, and the reader keeps nothing of
+    them (it kept every row's number and text: 7.1 MB here, 1.2 GB at 10 M rows)."""
+    import tracemalloc
+
+    from flylead.scanfile import _Reader
+
+    src = tmp_path / "commas.csv"
+    with open(src, "w") as f:
+        f.write("meter_id,timestamp,power_w\n")
+        for k in range(50_000):
+            f.write(f"m{k % 7},2026-11-27T{k // 3600 % 24:02d}:{k // 60 % 60:02d}:{k % 60:02d}Z,100,\n")
+    report = scan_file(src, tmp_path / "out.csv", skip_malformed=True)
+    assert (report.rows_read, report.rows_used) == (50_000, 0)
+    assert dict(report.unusable) == {"wrong number of fields": 50_000}
+    counts = Counter()
+    tracemalloc.start()
+    try:
+        reader = _Reader(src, None, 500_000, True, lambda reason, n: counts.update({reason: n}))
+        for _ in reader.chunks():
+            pass
+        kept = tracemalloc.get_traced_memory()[0]   # what the reader holds after the whole file
+        reader.close()
+    finally:
+        tracemalloc.stop()
+    assert counts == {"wrong number of fields": 50_000}
+    assert kept < 200_000, kept
+
+
+def test_cr_only_line_ends_are_read(tmp_path):
+    """Old Mac / Excel line ends (CR alone): read, and lines named right (was a traceback:
+    "new-line character seen in unquoted field")."""
+    src = tmp_path / "cr.csv"
+    src.write_bytes(b"meter_id,timestamp,power_w\rm1,2026-11-27T20:15:00Z,100\rm1,2026-11-27T20:16:00Z,101\r")
+    res = _cli(src, "--out", tmp_path / "o.csv")
+    assert res.exit_code == 0, res.output
+    assert "0 sessions from 1 meter (2 of 2 rows used, power_w)" in res.output
+    src.write_bytes(b"meter_id,timestamp,power_w\rm1,2026-11-27T20:15:00Z,100\rm1,yesterday,101\r")
+    res = _cli(src, "--out", tmp_path / "o.csv")
+    assert res.exit_code == 2
+    assert res.output == f"error: {src}:3: column 'timestamp': not an ISO 8601 date and time: 'yesterday'\n"
+
+
+#: Europe/London leaves BST at 2026-10-25 01:00 UTC: local 01:00-01:59 happen twice.
+FALL_BACK_LOCAL = ["00:45", "01:00", "01:15", "01:30", "01:45", "01:00", "01:15", "01:30", "01:45", "02:00"]
+FALL_BACK_UTC = ["2026-10-24T23:45:00Z", "2026-10-25T00:00:00Z", "2026-10-25T00:15:00Z", "2026-10-25T00:30:00Z",
+                 "2026-10-25T00:45:00Z", "2026-10-25T01:00:00Z", "2026-10-25T01:15:00Z", "2026-10-25T01:30:00Z",
+                 "2026-10-25T01:45:00Z", "2026-10-25T02:00:00Z"]
+
+
+def test_dst_fall_back_repeated_local_times_read_as_the_later_instant(tmp_path, monkeypatch):
+    """Naive local times in Europe/London across the fall-back (BST 00:45-01:45, then GMT
+    01:00-02:00), two meters interleaved: each gives the 10 instants 15 min apart, no
+    duplicate, nothing out of order; as Parquet (a naive timestamp column) too."""
+    got = _spy_series(monkeypatch)
+    src = tmp_path / "dst.csv"
+    lines = ["meter_id,timestamp,power_w"]
+    for i, hm in enumerate(FALL_BACK_LOCAL):
+        lines += [f"m1,2026-10-25 {hm}:00,{100 + i}", f"m2,2026-10-25T{hm}:00,{200 + i}"]
+    src.write_text("\n".join(lines) + "\n")
+    report = scan_file(src, tmp_path / "out.csv", tz="Europe/London")
+    assert got == [(FALL_BACK_UTC, [100.0 + i for i in range(10)]), (FALL_BACK_UTC, [200.0 + i for i in range(10)])]
+    assert dict(report.unusable) == {}
+    assert dict(report.notes) == {"ambiguous local time, repeated: read as the later instant": 8}
+    got.clear()
+    naive = [datetime.fromisoformat(f"2026-10-25T{hm}:00") for hm in FALL_BACK_LOCAL]
+    pq.write_table(pa.table({"meter_id": ["m1"] * 10, "timestamp": pa.array(naive, pa.timestamp("s")),
+                             "power_w": [float(i) for i in range(10)]}), tmp_path / "dst.parquet")
+    report = scan_file(tmp_path / "dst.parquet", tmp_path / "out.csv", tz="Europe/London")
+    assert got == [(FALL_BACK_UTC, [float(i) for i in range(10)])]
+    assert dict(report.unusable) == {}
+
+
+def test_dst_spring_forward_non_existent_local_times_are_counted(tmp_path, monkeypatch):
+    """Europe/London skips 01:00-01:59 on 2026-03-29: such rows are not used, counted as
+    `non-existent local time` (they all read 00:59:59.999999999 UTC before: duplicates)."""
+    got = _spy_series(monkeypatch)
+    src = tmp_path / "spring.csv"
+    src.write_text("meter_id,timestamp,power_w\n" + "".join(
+        f"m1,2026-03-29 {hm}:00,{i}\n" for i, hm in enumerate(["00:45", "01:00", "01:15", "01:30", "01:45", "02:00"])))
+    report = scan_file(src, tmp_path / "out.csv", tz="Europe/London")
+    assert got == [(["2026-03-29T00:45:00Z", "2026-03-29T01:00:00Z"], [0.0, 5.0])]
+    assert dict(report.unusable) == {"non-existent local time": 4} and report.rows_used == 2
+
+
+def test_parquet_binary_meter_id_not_utf8_is_named(tmp_path):
+    table = pa.table({"meter_id": pa.array([b"m1", b"m\xff2", b"m1"], pa.binary()),
+                      "timestamp": ["2026-11-27T00:00:00Z", "2026-11-27T00:01:00Z", "2026-11-27T00:02:00Z"],
+                      "power_w": [1.0, 2.0, 3.0]})
+    src = tmp_path / "p_bin.parquet"
+    pq.write_table(table, src)
+    res = _cli(src, "--out", tmp_path / "o.csv")
+    assert res.exit_code == 2
+    assert res.output == (f"error: {src}:2: column 'meter_id': not UTF-8 text (byte 0xff, byte 2 of the value): "
+                          "b'm\\xff2'\n")
+    report = scan_file(src, tmp_path / "o.csv", skip_malformed=True)
+    assert (report.rows_used, report.meters, dict(report.unusable)) == (2, 1, {"malformed meter_id": 1})
+
+
+@pytest.mark.parametrize("data", [b"meter_id,timestamp,power_w", b"meter_id,timestamp,power_w\n",
+                                  b"meter_id,timestamp,power_w\r\n", b"meter_id,timestamp,power_w\r"])
+def test_header_only_file_has_no_rows(tmp_path, data):
+    src = tmp_path / "h.csv"
+    src.write_bytes(data)
+    res = _cli(src, "--out", tmp_path / "o.csv")
+    assert res.exit_code == 0, res.output
+    assert "0 sessions from 0 meters (0 of 0 rows used, power_w)" in res.output
+    assert (tmp_path / "o.csv").read_text() == "meter_id,start,end,energy_kwh,peak_w,profile,confidence\n"
+
+
+def test_finer_than_nanoseconds_is_not_called_out_of_range(tmp_path):
+    src = tmp_path / "f.csv"
+    src.write_text("meter_id,timestamp,power_w\nm1,2026-11-27T20:15:00Z,1\nm1,2026-11-27T20:16:00.1234567891Z,1\n")
+    res = _cli(src, "--out", tmp_path / "o.csv")
+    assert res.exit_code == 2
+    assert res.output == (f"error: {src}:3: column 'timestamp': not a supported ISO 8601 date and time "
+                          "(10 fraction digits: more than nanosecond precision): '2026-11-27T20:16:00.1234567891Z'\n")
+    src.write_text("meter_id,timestamp,power_w\nm1,2026-11-27T20:16:00.123456789Z,1\n")
+    assert scan_file(src, tmp_path / "o.csv").rows_used == 1
+
+
+def test_every_nan_spelling_is_missing(tmp_path):
+    """NaN in any spelling pyarrow reads (NaN, nan, NAN, nan(1), -nan) and a Parquet float NaN
+    are missing values, as documented; only infinities are non-finite."""
+    src = tmp_path / "nan.csv"
+    src.write_text("meter_id,timestamp,power_w\n" + "".join(
+        f"m1,2026-11-27T00:0{i}:00Z,{v}\n" for i, v in enumerate(["NaN", "nan", "NAN", "nan(1)", "-nan", "inf", "1"])))
+    report = scan_file(src, tmp_path / "o.csv")
+    assert dict(report.unusable) == {"missing power_w": 5, "non-finite power_w": 1}
+    pq.write_table(pa.table({"meter_id": ["m1"] * 3, "timestamp": ["2026-11-27T00:00:00Z", "2026-11-27T00:01:00Z",
+                                                                   "2026-11-27T00:02:00Z"],
+                             "power_w": [float("nan"), float("inf"), 1.0]}), tmp_path / "nan.parquet")
+    report = scan_file(tmp_path / "nan.parquet", tmp_path / "o.csv")
+    assert dict(report.unusable) == {"missing power_w": 1, "non-finite power_w": 1}
+
+
+def test_register_going_down_throughout_is_noted(tmp_path):
+    src = tmp_path / "down.csv"
+    src.write_text("meter_id,timestamp,register_kwh\n" + "".join(
+        f"m1,2026-11-27T{k // 60:02d}:{k % 60:02d}:00Z,{1000 - 0.002 * k:.3f}\n" for k in range(120)))
+    res = _cli(src, "--out", tmp_path / "o.csv", "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    notes = json.loads((tmp_path / "r.json").read_text())["notes"]
+    assert notes["meters whose register went down more often than up (no power; an export register?)"] == 1
+    assert notes["counter_resets"] == 119
+    assert "note: meters whose register went down more often than up" in res.output
