@@ -210,6 +210,27 @@ def test_withdrawn_charging_alert_that_qualifies_again(tmp_path: Path) -> None:
     assert (got.alert_state, got.alert_end, got.energy_kwh, got.detail) == ("closed", T0 + 4800, 1.25, "taper")
 
 
+def test_closed_charging_message_gives_the_refined_start(tmp_path: Path) -> None:
+    """The agent opens a charging alert with the detector's first guess of the start and
+    closes it, under the same alert id, with the start the finished session has (2.4 h
+    later in a demo run): the case shows the closed message's start."""
+    reg = parse_registry({"villages": {"east": {}}, "compounds": {"c": {"village": "east", "gateways": ["gw"],
+                                                                         "households": ["h1"]}}})
+    desk = DeskDB(tmp_path / "d.sqlite")
+    f = MsgFactory("gw")
+    opened = f.alert("gw:h1:ebike_charging:1", household="h1", start=T0, ts=T0 + 600)
+    (case,) = desk.sync_alerts([opened], reg)
+    assert case.alert_start == T0
+    closed = f.alert("gw:h1:ebike_charging:1", "closed", household="h1", start=T0 + 8640, ts=T0 + 30000,
+                     end=T0 + 29000)
+    assert desk.sync_alerts([opened, closed], reg) == []
+    got = desk.case(case.id)
+    assert (got.alert_start, got.alert_end, got.alert_state) == (T0 + 8640, T0 + 29000, "closed")
+    other = DeskDB(tmp_path / "e.sqlite")  # both at once: the case is made with the final start
+    (made,) = other.sync_alerts([opened, closed], reg)
+    assert made.alert_start == T0 + 8640
+
+
 def test_message_naming_another_household_does_not_move_the_case(scenario: Scenario, caplog) -> None:  # noqa: ANN001
     """The store (an older one: today's refuses it) holds a message of e101's alert id naming
     the unregistered household x999."""

@@ -595,7 +595,7 @@ class DeskDB:
           alarm: ``{device}:{hazard}:{start}``, ``{household}:ebike_charging:{start}``):
           once a closed message was seen, the case's alert is closed and no open message,
           of any ``ts``, reopens it or changes its fields.
-        - The alert fields (end, confidence, energy, peak, detail) are those of the closed
+        - The alert fields (start, end, confidence, energy, peak, detail) are those of the closed
           message with the greatest ``ts`` once there is one, else of the open message with
           the greatest ``ts``.  (The one way the agent reuses an id: a charging alert
           withdrawn while open, whose session qualifies again with the same start, is
@@ -639,7 +639,7 @@ class DeskDB:
                     " detail, state, rebound_of, created, updated)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'new',?,?,?)",
                     (gateway, alert_id, first.household, first.device, village, compound, first.kind,
-                     first.start, a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail,
+                     a.start, a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail,
                      rebound_of, now, now))
                 case_id = int(cur.lastrowid or 0)
                 db.execute("INSERT INTO events (case_id, ts, username, action, from_state, to_state, note)"
@@ -686,9 +686,9 @@ class DeskDB:
         a = self._alert_fields(same)
         if row["alert_state"] != "closed" or a.state == "closed":  # no open message after a close
             db.execute(
-                "UPDATE cases SET alert_end = ?, alert_state = ?, confidence = ?, energy_kwh = ?,"
-                " peak_w = ?, detail = ? WHERE id = ?",
-                (a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail, row["id"]))
+                "UPDATE cases SET alert_start = ?, alert_end = ?, alert_state = ?, confidence = ?,"
+                " energy_kwh = ?, peak_w = ?, detail = ? WHERE id = ?",
+                (a.start, a.end, a.state, a.confidence, a.energy_kwh, a.peak_w, a.detail, row["id"]))
         closed = row["alert_state"] == "closed" or a.state == "closed"
         if closed or any("; ack=" in m.detail for m in same):
             # the gateway took the acknowledgement (its detail says ack=who@when), or the
