@@ -39,6 +39,18 @@ _DECISION_WORDS = {"suppress": "suppressed", "downgrade": "downgraded"}
 #: Commands that arrive before the agent's loop runs are kept (at most this many) and
 #: handled when it starts; more are dropped with a warning (the desk sends again).
 MAX_EARLY_COMMANDS = 64
+#: Largest doubling in :func:`backoff_s`: 2**60 intervals is beyond any ``max_backoff_s``
+#: (at most a day) for any interval >= 0.1 s, and keeps the float far from overflow however
+#: many polls fail in a row (2 ** 1024 does not fit a float).
+MAX_BACKOFF_DOUBLINGS = 60
+
+
+def backoff_s(interval_s: float, failures: int, max_backoff_s: float) -> float:
+    """Pause before retrying a device after ``failures`` failed polls in a row (>= 1):
+    ``interval_s`` doubled for each failure after the first, at most ``max_backoff_s``.
+    Finite for any ``failures`` (a device dead for weeks must not crash the agent)."""
+    doublings = min(max(failures - 1, 0), MAX_BACKOFF_DOUBLINGS)
+    return min(interval_s * 2.0 ** doublings, max_backoff_s)
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,9 @@ class DeviceState:
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     poll_times: list[float] = field(default_factory=list)  # clock s of successful reads (bounded)
+    #: The last failed poll raised something unexpected (not a DriverError): its traceback
+    #: was logged, the retries of the same streak log one line each.
+    unexpected: bool = False
 
     MAX_KEPT_TIMES = 10_000
 
@@ -207,32 +222,22 @@ class Agent:
                 await self.clock.sleep_until(until)
                 break
             await self.clock.sleep_until(state.next_due)
-            await self._poll_device(bus, state)
+            try:
+                await self._poll_device(bus, state)
+            except Exception:  # processing a reading failed: log it, keep the bus going
+                log.exception("%s: unexpected error after polling", state.settings.name)
+                if state.next_due <= self.clock.now():
+                    state.next_due = self.clock.now() + state.settings.interval_s
 
     async def _poll_device(self, bus: BusReader, state: DeviceState) -> None:
         dev = state.settings
         state.polls += 1
         try:
             reading = await bus.read(dev)
-        except DriverError as exc:
-            kind = type(exc).__name__
-            state.errors[kind] = state.errors.get(kind, 0) + 1
-            state.failures += 1
-            backoff = min(dev.interval_s * 2 ** (state.failures - 1), self.config.max_backoff_s)
-            state.next_due = self.clock.now() + backoff
-            # log the change of state, not every retry: the first failure and the recovery
-            # are warnings, the retries in between are info
-            if state.failures == 1:
-                log.warning("%s (retry in %g s)", exc, backoff)
-            else:
-                log.info("%s (%d failed polls in a row; retry in %g s)", exc, state.failures, backoff)
-            self.watch.missed(dev, self.clock.now())
+        except Exception as exc:  # a bug in one device's path must not stop the bus
+            self._failed_poll(state, exc)
             return
-        except Exception:  # a bug in one device's path must not stop the bus
-            log.exception("%s: unexpected error while polling", dev.name)
-            state.failures += 1
-            state.next_due = self.clock.now() + self.config.max_backoff_s
-            return
+        state.unexpected = False
         if state.failures:
             log.warning("%s answers again after %d failed poll%s", dev.name, state.failures,
                         "" if state.failures == 1 else "s")
@@ -247,6 +252,37 @@ class Agent:
         self._handle_reading(dev, reading, state.ok)
         hh = self.households.get(dev.household) if dev.household else None
         self.watch.observe(dev, reading, charging_active=None if hh is None else hh.detector.active is not None)
+
+    def _failed_poll(self, state: DeviceState, exc: Exception) -> None:
+        """A poll that gave no reading: count it, back the device off, tell the hazard
+        rules (``device_offline``).  A :class:`DriverError` is the device's or the line's
+        fault; anything else is a bug in the device's path (a driver letting a raw OS error
+        through, say), logged with its traceback at the first failure of a streak and
+        otherwise handled the same, so one bad device neither stops the agent nor goes
+        quiet (no offline alert) for ``max_backoff_s``."""
+        dev = state.settings
+        kind = type(exc).__name__
+        state.errors[kind] = state.errors.get(kind, 0) + 1
+        state.failures += 1
+        backoff = backoff_s(dev.interval_s, state.failures, self.config.max_backoff_s)
+        state.next_due = self.clock.now() + backoff
+        if not isinstance(exc, DriverError):
+            if not state.unexpected:
+                log.error("%s: unexpected error while polling (retry in %g s)", dev.name, backoff,
+                          exc_info=exc)
+            else:
+                log.info("%s: unexpected error while polling: %r (%d failed polls in a row; "
+                         "retry in %g s)", dev.name, exc, state.failures, backoff)
+            state.unexpected = True
+        else:
+            state.unexpected = False
+            # log the change of state, not every retry: the first failure and the recovery
+            # are warnings, the retries in between are info
+            if state.failures == 1:
+                log.warning("%s (retry in %g s)", exc, backoff)
+            else:
+                log.info("%s (%d failed polls in a row; retry in %g s)", exc, state.failures, backoff)
+        self.watch.missed(dev, self.clock.now())
 
     # ------------------------------------------------------------ processing
     def _handle_reading(self, dev: DeviceSettings, reading: Reading, ok_count: int) -> None:

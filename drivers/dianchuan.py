@@ -35,6 +35,7 @@ import collections
 import enum
 import logging
 import struct
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -45,6 +46,11 @@ import serial
 from drivers.pile import EndReason, PileSession, PortReading, PortState
 from drivers.reading import DecodeError, DeviceTimeout, DriverError
 from flylead.clock import Clock
+
+#: What a failing serial port raises (pyserial's SerialException, OSError, and
+#: termios.error, which is not an OSError, from the line-setting and flush calls); each
+#: becomes a :class:`DriverError` naming the port.
+_PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 __all__ = [
     "Cmd",
@@ -1207,7 +1213,7 @@ class DianchuanPile:
                     timeout=_READ_SLICE_S,
                     write_timeout=self.timeout_s,
                 )
-            except (serial.SerialException, OSError, ValueError) as exc:
+            except (*_PORT_ERRORS, ValueError) as exc:
                 what = ("cannot connect to" if self.port.startswith(("socket://", "rfc2217://"))
                         else "cannot open serial port")
                 raise DriverError(f"{self._who}: {what} {self.port} ({exc})") from None
@@ -1219,7 +1225,7 @@ class DianchuanPile:
         if ser is not None:
             try:
                 ser.close()
-            except (serial.SerialException, OSError):
+            except _PORT_ERRORS:
                 pass
 
     def _io_failed(self, what: str, exc: Exception) -> DriverError:
@@ -1229,13 +1235,13 @@ class DianchuanPile:
     def _read(self, ser: serial.Serial) -> bytes:
         try:
             return ser.read(ser.in_waiting or 1)
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise self._io_failed("read", exc) from None
 
     def _write(self, ser: serial.Serial, data: bytes) -> None:
         try:
             ser.write(data)
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise self._io_failed("write", exc) from None
 
     def _take(self, frames: list[Frame], cmd: int | None, port: int | None) -> Frame | None:
@@ -1263,7 +1269,7 @@ class DianchuanPile:
         while True:
             try:
                 waiting = ser.in_waiting
-            except (serial.SerialException, OSError) as exc:
+            except _PORT_ERRORS as exc:
                 raise self._io_failed("read", exc) from None
             if not waiting:
                 return

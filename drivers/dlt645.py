@@ -51,6 +51,21 @@ import serial
 from drivers.reading import DecodeError, DeviceTimeout, DriverError, Reading
 from flylead.clock import Clock
 
+#: What a failing serial port raises from pyserial: SerialException, OSError, and
+#: termios.error (not an OSError) from the line-setting and flush calls, e.g.
+#: ``reset_input_buffer`` on an unplugged USB adapter.  The client turns each into a
+#: :class:`DriverError` naming the port.
+_PORT_ERRORS = (serial.SerialException, OSError, termios.error)
+
+
+def _port_error(exc: BaseException) -> str:
+    """``exc`` for a message; termios.error's ``(5, 'Input/output error')`` reads as an
+    OSError's ``[Errno 5] Input/output error``."""
+    if isinstance(exc, termios.error) and len(exc.args) == 2:
+        return f"[Errno {exc.args[0]}] {exc.args[1]}"
+    return str(exc)
+
+
 __all__ = [
     "BROADCAST_ADDRESS",
     "DATA_ITEMS",
@@ -969,10 +984,12 @@ class Dlt645Client:
                     for frame in scanner.feed(chunk):
                         if frame.is_reply:
                             return frame, scanner
-            except (serial.SerialException, OSError) as exc:
+            except _PORT_ERRORS as exc:
+                # a USB adapter unplugged, a pty whose other side closed: tcflush
+                # (reset_input_buffer) raises termios.error, not an OSError
                 self._close_unlocked()
                 raise DriverError(
-                    f"{who}: serial port {self.port} failed during {what} ({exc})"
+                    f"{who}: serial port {self.port} failed during {what} ({_port_error(exc)})"
                 ) from None
             return None, scanner
 
@@ -983,11 +1000,11 @@ class Dlt645Client:
             self._serial = serial.serial_for_url(
                 self.port, timeout=_POLL_S, write_timeout=self.timeout_s, **self._settings
             )
-        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+        except (*_PORT_ERRORS, ValueError) as exc:
             # termios.error is not an OSError: a port (or pty) refusing the line settings
             what = ("cannot connect to" if self.port.startswith(("socket://", "rfc2217://"))
                     else "cannot open serial port")
-            raise DriverError(f"{who}: {what} {self.port} ({exc})") from None
+            raise DriverError(f"{who}: {what} {self.port} ({_port_error(exc)})") from None
         return self._serial
 
     def _close_sync(self) -> None:
@@ -999,5 +1016,5 @@ class Dlt645Client:
         if port is not None:
             try:
                 port.close()
-            except (serial.SerialException, OSError):
+            except _PORT_ERRORS:
                 pass

@@ -29,6 +29,8 @@ Field pitfalls handled here (domain-facts.md §5, field-vectors.md C-08):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from drivers.rtu import (
     SerialLink,
     TcpLink,
     encode_request,
+    lookup_failure,
 )
 from flylead.clock import Clock
 
@@ -80,8 +83,12 @@ HEALTH_KEYS = (
 )
 
 # pymodbus's internal response timeout is set this much above the device's, so that
-# ours (asyncio.timeout) always fires first and gives one clean DeviceTimeout.
+# ours always fires first and gives one clean DeviceTimeout.
 _PYMODBUS_MARGIN_S = 0.25
+
+#: While a Modbus TCP request waits for its answer, check this often (real s) whether the
+#: device closed the connection (pymodbus would wait out the whole timeout).
+_WATCH_S = 0.02
 
 #: After a malformed candidate reply, stop waiting once the line has been quiet this long
 #: (real s): a device sends one reply per request, so nothing better is coming; 50 ms is
@@ -392,7 +399,9 @@ class ModbusTcpBus(ModbusBus):
     """One Modbus TCP connection shared by the devices behind it (pymodbus client).
 
     The connection is re-opened before a request if it dropped, and closed after a
-    timeout so that a late answer cannot be taken for the next request's.
+    timeout so that a late answer cannot be taken for the next request's.  A connection
+    the device closes while a request waits (devices that close after every reply) is
+    noticed within :data:`_WATCH_S` and the request sent once more on a new connection.
 
     Args:
         host, port: TCP endpoint of the meter or gateway.
@@ -432,8 +441,12 @@ class ModbusTcpBus(ModbusBus):
     async def _open(self, who: str) -> AsyncModbusTcpClient:
         """Open the connection if it is not open (caller holds the lock)."""
         client = self._client
-        if client is not None and client.connected:
+        if client is not None and _is_open(client):
             return client
+        if client is not None and client.connected:  # closed under pymodbus: start afresh
+            self._client = None
+            client.close()
+            client = None
         if client is None:
             client = self._client = AsyncModbusTcpClient(
                 self.host,
@@ -459,6 +472,11 @@ class ModbusTcpBus(ModbusBus):
                     f"{who}: no TCP connection to {self.host}:{self.port} "
                     f"in {self._connect_timeout_s:g} s"
                 )
+            # pymodbus reports every connect failure alike: tell a name that does not
+            # resolve from a refused or unreachable address
+            problem = await _lookup_problem(self.host, self.port, self._connect_timeout_s)
+            if problem is not None:
+                raise DriverError(f"{who}: no TCP connection to {self.host}:{self.port}: {problem}")
             raise DriverError(
                 f"{who}: TCP connection to {self.host}:{self.port} refused or unreachable"
             )
@@ -467,28 +485,65 @@ class ModbusTcpBus(ModbusBus):
     async def _exchange(
         self, device: DeviceSpec, request: ReadRequest, who: str, health: _Health
     ) -> list[int]:
-        fc, address, count = request.function_code, request.address, request.count
         what = self._what(request)
-        client = await self._open(who)
-        _set_response_timeout(client, device.timeout_s + _PYMODBUS_MARGIN_S)
-        call = client.read_input_registers if fc == 4 else client.read_holding_registers
-        try:
-            async with asyncio.timeout(device.timeout_s):
-                response = await call(address, count=count, device_id=device.device_id)
-        except TimeoutError:
-            await self.close()  # a late answer must not reach the next request
-            raise DeviceTimeout(f"{who}: no answer in {device.timeout_s:g} s to {what}") from None
-        except ConnectionException as exc:
-            await self.close()
-            raise DriverError(f"{who}: connection lost during {what} ({exc})") from None
-        except ModbusException as exc:
-            raise DriverError(f"{who}: {what} failed ({exc})") from None
+        response = await self._call(device, request, who, what)
+        if response is None:
+            # The device closed the connection without answering.  A device that closes
+            # after each reply does so while the next request is already on its way: that
+            # request went to a dead socket and never reached the device, so it is sent
+            # once more on a new connection (a read changes nothing; not counted again).
+            await self._open(who)
+            await self._pause()
+            response = await self._call(device, request, who, what)
+            if response is None:
+                raise DriverError(
+                    f"{who}: connection closed by the device during {what} "
+                    "(no answer on a new connection either)"
+                )
+        count = request.count
         if response.isError():
             raise self._exception(who, int(response.exception_code), what)
         registers = list(response.registers)
         if len(registers) != count:
             raise DecodeError(f"{who}: {what} answered {len(registers)} registers")
         return registers
+
+    async def _call(self, device: DeviceSpec, request: ReadRequest, who: str, what: str):
+        """Send ``request`` once and wait for its answer (pymodbus response), or None when
+        the connection closes before an answer came (the connection is closed then).
+
+        pymodbus keeps waiting for the answer when the peer closes the connection under
+        a pending request, so the connection is watched every :data:`_WATCH_S`.
+        """
+        fc, address, count = request.function_code, request.address, request.count
+        client = await self._open(who)
+        _set_response_timeout(client, device.timeout_s + _PYMODBUS_MARGIN_S)
+        call = client.read_input_registers if fc == 4 else client.read_holding_registers
+        task = asyncio.ensure_future(call(address, count=count, device_id=device.device_id))
+        deadline = time.monotonic() + device.timeout_s
+        try:
+            while not task.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.wait((task,), timeout=min(_WATCH_S, remaining))
+                if not task.done() and not _is_open(client):
+                    await self.close()
+                    return None
+            if not task.done():
+                await self.close()  # a late answer must not reach the next request
+                raise DeviceTimeout(f"{who}: no answer in {device.timeout_s:g} s to {what}")
+            return task.result()
+        except ConnectionException as exc:
+            await self.close()
+            raise DriverError(f"{who}: connection lost during {what} ({exc})") from None
+        except ModbusException as exc:
+            raise DriverError(f"{who}: {what} failed ({exc})") from None
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 class RtuBus(ModbusBus):
@@ -644,6 +699,31 @@ def open_bus(
                             connect_timeout_s=connect_timeout_s)
     link = TcpLink(host, int(port), connect_timeout_s=connect_timeout_s)
     return RtuBus(link, clock=clock, name=name, pause_s=pause_s, echo=echo)
+
+
+async def _lookup_problem(host: str, port: int, timeout_s: float) -> str | None:
+    """Why ``host`` has no address (:func:`drivers.rtu.lookup_failure`), or None when it
+    has one or the look-up does not finish within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return lookup_failure(host, exc)
+    except (TimeoutError, OSError, UnicodeError):
+        return None
+    return None
+
+
+def _is_open(client: AsyncModbusTcpClient) -> bool:
+    """The client's connection is up.  ``client.connected`` alone is not enough: when the
+    device closes the connection at once, pymodbus 3.16's ``connect()`` sets the closed
+    transport back after ``connection_lost`` cleared it, so the asyncio transport's own
+    state is checked too (skipped if pymodbus moves it)."""
+    if not client.connected:
+        return False
+    transport = getattr(getattr(client, "ctx", None), "transport", None)
+    is_closing = getattr(transport, "is_closing", None)
+    return not (callable(is_closing) and is_closing())
 
 
 def _set_response_timeout(client: AsyncModbusTcpClient, seconds: float) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import termios
 import time
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "frame_gap_s",
+    "lookup_failure",
     "request_length",
 ]
 
@@ -586,7 +588,7 @@ class SerialLink(Link):
                 pass
         try:
             port.close()
-        except (serial.SerialException, OSError):
+        except (serial.SerialException, OSError, termios.error):
             pass
 
     def write(self, data: bytes) -> None:
@@ -594,7 +596,7 @@ class SerialLink(Link):
             raise DriverError(f"{self.description}: not open")
         try:
             self._serial.write(data)
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
             self.close()
             raise DriverError(f"{self.description}: write failed ({exc})") from None
         self.last_rx = time.monotonic()
@@ -617,6 +619,14 @@ class SerialLink(Link):
         if self._loop is not None:
             self._loop.remove_reader(fd)
         self._failed(reason)
+
+
+def lookup_failure(host: str, exc: socket.gaierror) -> str:
+    """A failed host-name look-up for a message: a name that does not exist (a typo, a
+    gateway not in DNS or /etc/hosts) is said so, not "connection refused"."""
+    if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+        return f"host name {host!r} does not resolve (not in DNS or /etc/hosts: {exc.strerror})"
+    return f"host name {host!r} could not be looked up ({exc.strerror or exc})"
 
 
 class _TcpProtocol(asyncio.Protocol):
@@ -669,6 +679,8 @@ class TcpLink(Link):
             raise DeviceTimeout(
                 f"{self.description}: no TCP connection in {self.connect_timeout_s:g} s"
             ) from None
+        except socket.gaierror as exc:
+            raise DriverError(f"{self.description}: {lookup_failure(self.host, exc)}") from None
         except OSError as exc:
             raise DriverError(f"{self.description}: connection refused or unreachable ({exc})") from None
         self._buf.clear()

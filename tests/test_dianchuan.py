@@ -616,3 +616,32 @@ def test_reports_with_sop_66_are_taken_and_echoed_acks_ignored() -> None:
         os.close(slave)
     assert [(s.port, s.start, s.end_reason) for s in sessions] == [(2, None, EndReason.FULL)]
     assert written == acknowledge(report).encode() * 2  # each copy acknowledged, no ack of the echo
+
+
+def test_board_gone_mid_run_is_a_driver_error_naming_the_port():
+    """The RS-485 adapter unplugged (here: the board's pty closed under an open pile):
+    a DriverError naming the port, and the next read tries to open it again."""
+    clock = SimClock(START, speed=SPEED)
+    board = DianchuanBoard(clock=clock).start()
+    path = board.path
+
+    async def main():
+        pile = DianchuanPile(path, device="pile-t1", clock=clock, timeout_s=1.0)
+        try:
+            before = await pile.read_ports()
+            board.stop()
+            errors = []
+            for _ in range(2):
+                try:
+                    await pile.read_ports()
+                except Exception as exc:  # noqa: BLE001 - what comes out is the point
+                    errors.append(exc)
+            return before, errors
+        finally:
+            await pile.close()
+
+    before, errors = asyncio.run(main())
+    assert [r.state for r in before] == [PortState.IDLE] * 10
+    assert [type(e) for e in errors] == [DriverError, DriverError]
+    assert str(errors[0]).startswith(f"pile-t1 ({path}): serial ")
+    assert str(errors[1]).startswith(f"pile-t1 ({path}): cannot open serial port {path} (")

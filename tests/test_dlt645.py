@@ -746,3 +746,41 @@ def test_client_bad_port_and_bad_config() -> None:
 def test_sim_rejects_unknown_fault(sim: Dlt645MeterSim) -> None:
     with pytest.raises(ValueError):
         sim.set_fault("fire")
+
+
+def test_client_port_dies_mid_run_is_a_driver_error_naming_the_port() -> None:
+    """The USB adapter unplugged (here: the pty simulator closed under an open client).
+    tcflush then raises termios.error, which is no OSError: it must still come out as a
+    DriverError naming the port, the port closed, and the next read try to open it again."""
+    meter = Dlt645MeterSim(ADDRESS, lambda: dict(VALUES))
+    meter.start()
+    path = meter.path
+
+    async def main():
+        async with Dlt645Client(path, clock=SimClock(START, speed=1.0)) as client:
+            before = await client.read(ADDRESS, ["02010100"], device="meter-h01")
+            meter.stop()
+            errors = []
+            for _ in range(2):
+                try:
+                    await client.read(ADDRESS, ["02010100"], device="meter-h01")
+                except Exception as exc:  # noqa: BLE001 - what comes out is the point
+                    errors.append(exc)
+            return before, errors
+
+    try:
+        before, errors = run(main())
+    finally:
+        meter.stop()
+    assert before.values == {"voltage": 230.4}
+    assert len(errors) == 2
+    first, second = errors
+    assert type(first) is DriverError, repr(first)
+    assert str(first).startswith(
+        f"meter-h01 (address {ADDRESS} on {path}): serial port {path} failed during "
+        "read of DI 02010100 (phase A voltage) ("
+    )
+    assert type(second) is DriverError, repr(second)
+    assert str(second).startswith(
+        f"meter-h01 (address {ADDRESS} on {path}): cannot open serial port {path} ("
+    )

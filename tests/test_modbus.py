@@ -8,8 +8,10 @@ fire detector's values are those of tests/test_rtu.py through their reference ma
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
+import threading
 import time
 
 import numpy as np
@@ -546,3 +548,163 @@ def test_scan_rejects_zeros_and_nonsense(tmp_path):
     assert _check_plausible({"voltage": 230.0, "voltage.3": 0.0, "port_state.3": 2.0}) == (2, "")
     assert _check_plausible({"port_state.3": 7.0})[1] == "port_state.3 = 7 outside 1..4"
     assert _check_plausible({"alarm_x": 1.0}) == (0, "no value to check")
+
+
+# -- devices that close the connection -------------------------------------------------------
+
+#: What :class:`ClosingServer` serves: float32 ``100 + address`` in every register pair.
+CLOSING_EXPECTED = {
+    "voltage": 100.0, "current": 106.0, "active_power": 112.0, "apparent_power": 118.0,
+    "reactive_power": 124.0, "power_factor": 130.0, "frequency": 170.0,
+    "energy_import": 172.0, "energy_export": 174.0, "energy_total": 442.0,
+}
+
+
+class ClosingServer:
+    """A raw-socket Modbus TCP device (a thread, no pymodbus) that answers ``answers``
+    requests on each connection and then closes it, ``close_delay_s`` later (a request
+    arriving meanwhile is never answered).  Registers: float32 ``100 + address`` per pair."""
+
+    def __init__(self, *, answers: int = 1, close_delay_s: float = 0.0) -> None:
+        self.answers, self.close_delay_s = answers, close_delay_s
+        self.connections = self.answered = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(10)
+        self._listener.close()
+
+    def __enter__(self) -> ClosingServer:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(5.0)
+                try:
+                    for _ in range(self.answers):
+                        if not self._answer(conn):
+                            break
+                    time.sleep(self.close_delay_s)
+                except OSError:
+                    pass
+
+    def _answer(self, conn: socket.socket) -> bool:
+        header = self._recv(conn, 7)
+        if header is None:
+            return False
+        tid, _pid, length, unit = struct.unpack(">HHHB", header)
+        pdu = self._recv(conn, length - 1)
+        if pdu is None:
+            return False
+        fc, address, count = struct.unpack(">BHH", pdu)
+        regs = []
+        for a in range(address, address + count, 2):
+            regs += struct.unpack(">2H", struct.pack(">f", 100.0 + a))
+        body = struct.pack(f">BB{count}H", fc, 2 * count, *regs[:count])
+        conn.sendall(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+        self.answered += 1
+        return True
+
+    @staticmethod
+    def _recv(conn: socket.socket, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+
+@pytest.mark.parametrize("close_delay_s", [0.0, 0.05])
+def test_device_closing_the_connection_after_each_reply_is_read_every_poll(close_delay_s):
+    """The SDM120 plan has two requests; the device closes the connection after each
+    reply (at once, or 50 ms later, while the next request is already on its way).  The
+    second request goes again on a new connection instead of waiting out the timeout."""
+
+    async def main(server):
+        bus = ModbusTcpBus("127.0.0.1", server.port, clock=SimClock(START, speed=SPEED))
+        device = DeviceSpec("meter-h01", "sdm120", timeout_s=5.0)
+        try:
+            return [await bus.read(device) for _ in range(3)], bus.health()["meter-h01"]
+        finally:
+            await bus.close()
+
+    with ClosingServer(close_delay_s=close_delay_s) as server:
+        readings, health = run(main(server))
+        answered = server.answered
+    assert [r.values for r in readings] == [CLOSING_EXPECTED] * 3
+    assert answered == 6  # both requests of each of the three polls
+    assert (health["requests"], health["responses"], health["timeouts"]) == (6.0, 6.0, 0.0)
+
+
+def test_device_closing_without_an_answer_is_reported_as_such_not_as_a_timeout():
+    async def main(server):
+        bus = ModbusTcpBus("127.0.0.1", server.port, clock=SimClock(START, speed=SPEED))
+        try:
+            with pytest.raises(DriverError) as info:
+                await bus.read(DeviceSpec("meter-h01", "sdm120", timeout_s=5.0))
+            return info.value, bus.health()["meter-h01"]
+        finally:
+            await bus.close()
+
+    with ClosingServer(answers=0) as server:
+        error, health = run(main(server))
+        connections = server.connections
+    assert type(error) is DriverError
+    assert str(error) == (
+        f"meter-h01 (device id 1 at 127.0.0.1:{server.port}): connection closed by the device "
+        "during function 4 read of 0x0000 count 76 (no answer on a new connection either)"
+    )
+    assert connections == 2  # the request went once more on a new connection, no further
+    assert health["timeouts"] == 0.0
+
+
+def test_cli_read_of_a_device_closing_after_each_reply():
+    from typer.testing import CliRunner
+
+    from flylead.cli import app
+
+    with ClosingServer(close_delay_s=0.05) as server:
+        result = CliRunner().invoke(app, ["read", "--profile", "sdm120", "--tcp",
+                                          f"127.0.0.1:{server.port}", "--timeout", "5", "--json"])
+    assert result.exit_code == 0, result.stderr
+    values = json.loads(result.stdout)["values"]
+    assert {k: v["value"] for k, v in values.items()} == CLOSING_EXPECTED
+
+
+@pytest.mark.parametrize("kind", ["tcp", "rtu-tcp"])
+def test_unresolvable_host_is_named_as_such_not_refused(kind):
+    """RFC 6761: names under .invalid never resolve."""
+
+    async def main():
+        bus = open_bus(kind, "no-such-meter.invalid:502", clock=SimClock(START, speed=SPEED))
+        try:
+            with pytest.raises(DriverError) as info:
+                await bus.read(DeviceSpec("meter-h01", "sdm120", timeout_s=0.5))
+            return info.value
+        finally:
+            await bus.close()
+
+    error = run(main())
+    assert type(error) is DriverError
+    message = str(error)
+    assert message.startswith("meter-h01 (device id 1 at ")
+    assert "host name 'no-such-meter.invalid'" in message
+    assert "does not resolve" in message or "could not be looked up" in message
+    assert "refused" not in message
