@@ -7,6 +7,7 @@ example is ``docs/example-compound.toml``.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import ssl
 import tomllib
@@ -206,8 +207,9 @@ class OutboxSettings(_Strict):
     @field_validator("path")
     @classmethod
     def _durable_place(cls, v: str) -> str:
-        """A file in a folder that exists (relative: to the agent's working folder); the
-        agent creates no folder, so a typo does not leave the queue somewhere unexpected."""
+        """A file in a folder that exists (relative: to the agent's working folder) and that
+        this user may write (not on a read-only file system; the file too, if it exists);
+        the agent creates no folder, so a typo does not leave the queue somewhere unexpected."""
         path = Path(v)
         if path.is_dir():
             raise ValueError(f"{v} is a folder; give the outbox file's name, e.g. {path / 'outbox.sqlite'}")
@@ -215,7 +217,21 @@ class OutboxSettings(_Strict):
             raise ValueError(f"{v} is not a regular file (a device or a pipe cannot hold the queue)")
         if not path.parent.is_dir():
             raise ValueError(f"folder {path.parent} does not exist (create it, e.g. the service's state folder)")
+        # SQLite writes the file and, in WAL mode, its -wal and -shm files next to it
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ValueError(f"folder {path.parent} is not writable{_read_only_fs(path.parent)} (the outbox "
+                             f"writes {path.name} and its -wal and -shm files there)")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ValueError(f"{v} is not writable{_read_only_fs(path.parent)}")
         return v
+
+
+def _read_only_fs(folder: Path) -> str:
+    """``": a read-only file system"`` when ``folder`` is on one, else ``""``."""
+    try:
+        return ": a read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else ""
+    except OSError:
+        return ""
 
 
 class AgentConfig(_Strict):
@@ -256,6 +272,26 @@ class AgentConfig(_Strict):
         dev_names = [d.name for d in self.devices]
         if len(set(dev_names)) != len(dev_names):
             raise ValueError("device names must be unique")
+        lines: dict[tuple[str, str], tuple[str, str, str]] = {}  # where -> (bus, key, value)
+        for bus in self.buses:
+            # one line, one bus: two buses on one serial port, or on one transparent RS-485
+            # gateway (rtu_tcp), send their requests over each other and read each other's
+            # answers.  Two Modbus TCP buses may share a gateway: a Modbus TCP gateway routes
+            # each connection's requests by unit id (e.g. one unit id range per serial port)
+            # and answers each on its own connection.
+            key = "serial" if bus.serial is not None else "rtu_tcp" if bus.rtu_tcp else "tcp"
+            if bus.serial is not None:
+                where = ("serial", os.path.realpath(bus.serial))  # /dev/serial/by-id/... too
+            else:
+                host, port = bus.host_port
+                where = ("socket", f"{host.lower()}:{port}")
+            other = lines.get(where)
+            if other is not None and not (key == "tcp" and other[1] == "tcp"):
+                raise ValueError(
+                    f"bus {bus.name!r}: {key} = {bus.target!r} is the line of bus {other[0]!r} "
+                    f"({other[1]} = {other[2]!r}); two buses on one line send requests over each "
+                    "other: one line takes one bus, and one protocol")
+            lines.setdefault(where, (bus.name, key, bus.target))
         protocols = {b.name: b.protocol for b in self.buses}
         for i, dev in enumerate(self.devices):
             if dev.bus not in bus_names:
@@ -286,12 +322,24 @@ class AgentConfig(_Strict):
             if key in seen:
                 raise ValueError(f"devices[{i}] ({dev.name}): same bus and device id/address as {seen[key]!r}")
             seen[key] = dev.name
+        metered: dict[str, str] = {}  # household -> device whose power feeds its detector
+        for i, dev in enumerate(self.devices):
+            if dev.household is None or dev.role == "fire_detector":  # a detector reads no power
+                continue
+            if dev.household in metered:
+                raise ValueError(
+                    f"devices[{i}] ({dev.name}): household {dev.household!r} is already measured by "
+                    f"{metered[dev.household]!r}; one household has one meter (both would feed one "
+                    "charging detector, which drops readings older than its last)")
+            metered[dev.household] = dev.name
         piles = {d.name for d in self.devices if d.role == "pile"}
         for i, link in enumerate(self.pile_links):
             if link.pile not in piles:
                 raise ValueError(f"pile_links[{i}]: {link.pile!r} is not a pile device")
             if link.port is None and link.user is None:
                 raise ValueError(f"pile_links[{i}]: give port or user")
+        if not self.devices:
+            raise ValueError("no [[devices]] configured: the agent would have nothing to poll")
         return self
 
 

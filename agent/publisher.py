@@ -15,7 +15,15 @@ paho.
 
 Status: on connect the agent publishes ``{"state": "online"}`` retained on its status
 topic; the broker publishes the last will ``{"state": "offline"}`` (retained, QoS 1) if
-the agent vanishes, and :meth:`Publisher.close` publishes it on a clean stop.
+the agent vanishes, and :meth:`Publisher.close` publishes it on a clean stop.  The will
+travels in the CONNECT packet, so it is set anew before every connection attempt
+(``on_pre_connect``): its ``ts`` is when the connection that ended was opened, never
+the agent's start time.
+
+Outbox faults: a failed commit or ack (disk full, I/O error) is retried, acks included
+(the broker does not send a PUBACK twice), every ``commit_interval_s``; the first failure
+is logged as an error, then at most one line every :data:`ERROR_LOG_EVERY_S`, and the
+recovery as a warning.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ MAX_RECONNECT_DELAY_S = 60
 #: Messages handed to paho and not yet acknowledged, at most.  Bounds the gateway's RAM
 #: while the broker is away (the rest stays on disk); chosen, ~100 kB of payloads.
 WINDOW = 256
+#: While the outbox keeps failing, at most one error line this often (s).
+ERROR_LOG_EVERY_S = 60.0
 
 
 class PublishError(RuntimeError):
@@ -92,6 +102,9 @@ class Publisher:
         self.published = 0
         self.acked = 0
         self.outbox_errors = 0  # failed outbox commits or acks (disk full, I/O error)
+        self._errors_unlogged = 0  # failures since the last error line
+        self._error_logged_at: float | None = None  # monotonic; None: the outbox works
+        self._failing: set[str] = set()  # outbox operations failing now
         self.connects = 0
         protocol = mqtt.MQTTv5 if settings.protocol == "5" else mqtt.MQTTv311
         kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
@@ -105,7 +118,8 @@ class Publisher:
             self._client.username_pw_set(settings.username, settings.password)
         if settings.tls:
             self._client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        self._client.will_set(status_topic(gateway), self._status_payload("offline"), qos=1, retain=True)
+        self._set_will()
+        self._client.on_pre_connect = self._on_pre_connect
         self._client.reconnect_delay_set(1, MAX_RECONNECT_DELAY_S)
         self._client.max_inflight_messages_set(WINDOW)
         self._client.on_connect = self._on_connect
@@ -118,6 +132,14 @@ class Publisher:
 
     def _status_payload(self, state: str) -> str:
         return json.dumps({"v": 1, "gateway": self.gateway, "state": state, "ts": time.time()})
+
+    def _set_will(self) -> None:
+        self._client.will_set(status_topic(self.gateway), self._status_payload("offline"), qos=1, retain=True)
+
+    def _on_pre_connect(self, client, userdata) -> None:
+        """Before every connection attempt (paho's ``reconnect``, also the first): the will
+        goes in the CONNECT packet, so its ``ts`` is now, not the agent's start."""
+        self._set_will()
 
     def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
         """Retained status (QoS 1); its PUBACK is not an outbox message's.  Our lock is not
@@ -208,28 +230,39 @@ class Publisher:
     # ------------------------------------------------------------------ sender
     def _send_loop(self) -> None:
         last_commit = time.monotonic()
+        ack_retry_at = 0.0  # after a failed ack: not before this (monotonic)
         while True:
             with self._lock:
                 if self._stop:
                     break
                 self._wake.wait(0.05)
                 commit_now, self._commit_now = self._commit_now, False
-                acked, self._acked = self._acked, []
+                # acks leave self._acked only once deleted from the outbox: a failed delete
+                # is tried again (the broker never sends a PUBACK twice)
+                acked = list(self._acked) if time.monotonic() >= ack_retry_at else []
                 room = WINDOW - len(self._mid_seq)
                 after = self._handed_seq
-            try:
-                if acked:
+            if acked:
+                try:
                     self.outbox.ack(acked)
-                if commit_now or time.monotonic() - last_commit >= self.commit_interval_s:
-                    last_commit = time.monotonic()
-                    self.outbox.commit()
-            except sqlite3.Error as exc:
-                # disk full, I/O error: the outbox kept the messages buffered (and paho's
-                # acks are re-sent by the broker's redelivery); retry at the next interval
-                self.outbox_errors += 1
-                log.error("outbox %s: %s (retrying in %g s; %d messages buffered)",
-                          self.outbox.path, exc, self.commit_interval_s, self.outbox.buffered)
-                continue
+                except sqlite3.Error as exc:
+                    ack_retry_at = time.monotonic() + self.commit_interval_s
+                    self._outbox_failed("deleting acknowledged messages", exc)
+                else:
+                    with self._lock:  # only appended to meanwhile: the first ones are done
+                        del self._acked[:len(acked)]
+                    self._outbox_ok("deleting acknowledged messages")
+            if commit_now or time.monotonic() - last_commit >= self.commit_interval_s:
+                last_commit = time.monotonic()
+                try:
+                    written = self.outbox.commit()
+                except sqlite3.Error as exc:
+                    # disk full, I/O error: the outbox keeps the messages buffered (bounded);
+                    # retried at the next interval
+                    self._outbox_failed("commit", exc)
+                else:
+                    if written:  # nothing to write proves nothing
+                        self._outbox_ok("commit")
             # nothing new is handed to paho while offline: the outbox (bounded, with its
             # drop policy) keeps it; paho resends its own in-flight window on reconnect
             if room > 0 and self._connected.is_set():
@@ -243,6 +276,31 @@ class Publisher:
                             self.acked += 1
                         else:
                             self._mid_seq[info.mid] = entry.seq
+
+    def _outbox_failed(self, what: str, exc: sqlite3.Error) -> None:
+        """Count a failed outbox write; log the first, then one line per ERROR_LOG_EVERY_S."""
+        self.outbox_errors += 1
+        self._errors_unlogged += 1
+        self._failing.add(what)
+        now = time.monotonic()
+        if self._error_logged_at is None or now - self._error_logged_at >= ERROR_LOG_EVERY_S:
+            with self._lock:
+                pending = len(self._acked)
+            log.error("outbox %s: %s failed: %s (%d failures since the last report; retrying every %g s; "
+                      "%d messages buffered in RAM, %d acknowledged ones not yet deleted)",
+                      self.outbox.path, what, exc, self._errors_unlogged, self.commit_interval_s,
+                      self.outbox.buffered, pending)
+            self._error_logged_at, self._errors_unlogged = now, 0
+
+    def _outbox_ok(self, what: str) -> None:
+        """``what`` worked: once nothing fails any more, say so (after an error line)."""
+        if what not in self._failing:
+            return
+        self._failing.discard(what)
+        if not self._failing:
+            log.warning("outbox %s: written again (%d failed writes in all so far)", self.outbox.path,
+                        self.outbox_errors)
+            self._error_logged_at, self._errors_unlogged = None, 0
 
     # ------------------------------------------------------------------ public
     def connect(self, timeout_s: float = 10.0, *, wait: bool = True) -> None:
@@ -329,5 +387,13 @@ class Publisher:
             self._publish_status("offline").wait_for_publish(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
-        self.outbox.ack(self._acked)
-        self.outbox.close()
+        try:
+            self.outbox.ack(self._acked)
+            self._acked = []
+        except sqlite3.Error as exc:  # they are sent again at the next start: duplicates, no loss
+            log.error("outbox %s: deleting %d acknowledged messages failed at close: %s",
+                      self.outbox.path, len(self._acked), exc)
+        try:
+            self.outbox.close()
+        except sqlite3.Error as exc:
+            log.error("outbox %s: last commit failed at close: %s", self.outbox.path, exc)

@@ -134,3 +134,79 @@ def test_a_byte_order_mark_is_accepted(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + EXAMPLE.read_bytes())
     assert load_config(path).gateway == "gw-sunrise-01"
+
+
+def _config(buses: str, devices: str = "[]") -> str:
+    return f"gateway = 'gw1'\nbuses = {buses}\ndevices = {devices}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_config("[{name='a', serial='/dev/pts/0'}, {name='b', serial='/dev/pts/0'}]"),
+         "bus 'b': serial = '/dev/pts/0' is the line of bus 'a' (serial = '/dev/pts/0'); two buses on one "
+         "line send requests over each other: one line takes one bus, and one protocol"),
+        (_config("[{name='mb', serial='/dev/ttyUSB0'}, {name='x', tcp='10.0.0.9:502'}, "
+                 "{name='dlt', protocol='dlt645', serial='/dev/ttyUSB0'}]"),
+         "bus 'dlt': serial = '/dev/ttyUSB0' is the line of bus 'mb' (serial = '/dev/ttyUSB0')"),
+        (_config("[{name='a', rtu_tcp='192.168.1.20:502'}, {name='b', rtu_tcp='192.168.1.20:502'}]"),
+         "bus 'b': rtu_tcp = '192.168.1.20:502' is the line of bus 'a' (rtu_tcp = '192.168.1.20:502')"),
+        (_config("[{name='a', tcp='GW.local:502'}, {name='b', rtu_tcp='gw.local:502'}]"),
+         "bus 'b': rtu_tcp = 'gw.local:502' is the line of bus 'a' (tcp = 'GW.local:502')"),
+        (_config("[{name='a', tcp='127.0.0.1:502'}]",
+                 "[{name='m1', bus='a', profile='sdm120', household='h1'}, "
+                 "{name='fd1', bus='a', profile='fire_detector', device_id=3, household='h1'}, "
+                 "{name='m2', bus='a', profile='ddsu666', device_id=2, household='h1'}]"),
+         "devices[2] (m2): household 'h1' is already measured by 'm1'; one household has one meter "
+         "(both would feed one charging detector, which drops readings older than its last)"),
+    ],
+)
+def test_one_line_one_bus_and_one_meter_per_household(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: {message}")
+
+
+def test_buses_may_share_a_modbus_tcp_gateway_and_detectors_a_household():
+    """A Modbus TCP gateway routes each connection's requests by unit id (a multi-port
+    gateway: one bus per serial port behind it); a fire detector reads no power."""
+    cfg = parse_config({
+        "gateway": "g",
+        "buses": [{"name": "port1", "tcp": "10.0.0.5:502"}, {"name": "port2", "tcp": "10.0.0.5:502"}],
+        "devices": [{"name": "m1", "bus": "port1", "profile": "sdm120", "household": "h1"},
+                    {"name": "fd1", "bus": "port2", "profile": "fire_detector", "device_id": 9, "household": "h1"}],
+    })
+    assert [b.name for b in cfg.buses] == ["port1", "port2"]
+
+
+ONE_METER = ("gateway = 'gw1'\nbuses = [{name = 'b', tcp = '127.0.0.1:502'}]\n"
+             "devices = [{name = 'm1', bus = 'b', profile = 'sdm120'}]\n")
+
+
+def test_outbox_folder_on_a_read_only_file_system(tmp_path):
+    """check-config refuses an outbox whose folder cannot be written (a read-only bind mount:
+    root writes anywhere else).  Skipped where this process may not mount."""
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    (src / "o.sqlite").write_bytes(b"")
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here: {mounted.stderr.strip()}")
+    try:
+        path = tmp_path / "c.toml"
+        for outbox, problem in [
+            (ro / "new.sqlite", f"outbox.path: folder {ro} is not writable: a read-only file system "
+                                "(the outbox writes new.sqlite and its -wal and -shm files there)"),
+            (ro / "o.sqlite", f"outbox.path: folder {ro} is not writable: a read-only file system"),
+        ]:
+            path.write_text(f"{ONE_METER}[outbox]\npath = '{outbox}'\n")
+            res = run_cli("check-config", str(path))
+            assert res.returncode == 2, res.stdout
+            assert f"{path}: {problem}" in res.stderr
+        path.write_text(f"{ONE_METER}[outbox]\npath = '{src / 'o.sqlite'}'\n")
+        assert run_cli("check-config", str(path)).returncode == 0
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)

@@ -139,3 +139,59 @@ def test_outbox_full_is_survived_and_nothing_is_lost(mosquitto, tmp_path, caplog
     assert [m[1]["values"]["active_power"] for m in sub.messages] == [100.0 + i for i in range(30)]
     pub.close()
     sub.close()
+
+
+def test_last_will_carries_the_time_of_the_last_reconnect(tmp_path):
+    """The will's ts is when the connection that ended was opened, not when the agent
+    started: connect, wait, restart the broker (the agent reconnects), then the agent's
+    connection dies without DISCONNECT (SIGKILL): the retained offline ts is not before the
+    reconnect."""
+    from tests.test_outbox import PrivateMosquitto
+
+    broker = PrivateMosquitto(tmp_path)
+    broker.start()
+    gw = f"t{uuid.uuid4().hex[:8]}"
+    code = (
+        "import time; from agent.config import MqttSettings; from agent.publisher import Publisher;"
+        f"p = Publisher({gw!r}, MqttSettings(port={broker.port})); p.connect();"
+        "print('up', time.time(), flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    got: list[dict] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"w-{uuid.uuid4().hex[:8]}")
+    watcher.on_connect = lambda c, *_: c.subscribe(status_topic(gw), qos=1)
+    watcher.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+    watcher.reconnect_delay_set(0.1, 0.5)
+
+    def wait_for(pred, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in got if pred(m)]
+            if found:
+                return found[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no matching status; got {got}")
+
+    try:
+        word, started = proc.stdout.readline().split()
+        assert word == "up"
+        watcher.connect("127.0.0.1", broker.port)
+        watcher.loop_start()
+        wait_for(lambda m: m["state"] == "online")
+        time.sleep(2.0)
+        broker.stop()
+        restarted = time.time()
+        broker.start()  # the agent reconnects within its 1 s first reconnect delay
+        got.clear()
+        wait_for(lambda m: m["state"] == "online" and m["ts"] >= restarted)
+        proc.kill()  # no DISCONNECT: the broker publishes the will
+        proc.wait(10)
+        offline = wait_for(lambda m: m["state"] == "offline")
+        assert offline["ts"] >= restarted > float(started) + 2.0
+        assert offline["ts"] <= time.time()
+    finally:
+        proc.kill()
+        proc.wait()
+        watcher.loop_stop()
+        watcher.disconnect()
+        broker.stop()
