@@ -671,7 +671,10 @@ def test_device_closing_without_an_answer_is_reported_as_such_not_as_a_timeout()
         f"meter-h01 (device id 1 at 127.0.0.1:{server.port}): connection closed by the device "
         "during function 4 read of 0x0000 count 76 (no answer on a new connection either)"
     )
-    assert connections == 2  # the request went once more on a new connection, no further
+    # the request went once more on a new connection, no further: 2 connections, or 3 when
+    # the device closed a fresh connection before the request was even sent (the bus then
+    # opens one before sending; seen once in a loaded CI run)
+    assert connections in (2, 3)
     assert health["timeouts"] == 0.0
 
 
