@@ -165,11 +165,11 @@ def test_spread_polls_start_each_device_at_its_share_of_the_interval(mosquitto):
         return [[round(t - start) for t in agent.devices[f"m{i}"].poll_times] for i in range(4)]
 
     spread = asyncio.run(scenario(True))
-    # each device keeps its phase, 15 k s into the minute: a poll lands within 3 s of its
-    # slot (30x: 0.1 s of real time); on a loaded machine one may miss its slot, never
-    # its phase
+    # each device keeps its phase, 15 k s into the minute: a poll lands nearer its own slot
+    # than any other device's (within 7 clock s: 0.23 s of real time at 30x; a loaded CI
+    # machine took more than the 3 s once allowed); one may miss its slot, never its phase
     for k, times in enumerate(spread):
         expected = [15 * k + 60 * j for j in range(3) if 15 * k + 60 * j < 150]
         assert len(times) >= len(expected) - 1, (k, times)
-        assert all(min(abs(t - e) for e in expected) <= 3 for t in times), (k, times)
-    assert all(t[0] <= 3 for t in asyncio.run(scenario(False)))  # all four at once
+        assert all(min(abs(t - e) for e in expected) <= 7 for t in times), (k, times)
+    assert all(t[0] <= 7 for t in asyncio.run(scenario(False)))  # all four at once, not at 15, 30, 45
