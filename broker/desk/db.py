@@ -724,8 +724,7 @@ def sync_from_store(desk: DeskDB, store: Any, registry: Registry, *, now: float 
     """
     # every message, not only the latest per alert: a message with a wrong (far-future) ts
     # must not hide the alert's closed message (DeskDB.sync_alerts)
-    alerts = store.alerts() if hasattr(store, "alerts") else store.latest_alerts()
-    return desk.sync_alerts(alerts, registry, now=now)
+    return desk.sync_alerts(store.alerts(), registry, now=now)
 
 
 __all__ += ["sync_from_store"]
